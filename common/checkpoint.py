@@ -1,0 +1,146 @@
+"""Reading `.safetensors` checkpoints: memory-mapped, lazily, and never by unpickling.
+
+A `TensorSource` is a read-only view of named tensors backed by an open safetensors file (read
+through `safetensors.safe_open`, which memory-maps it) or by an in-memory dict. Loaders first ask
+it for shapes, to infer a model's configuration without reading a single weight, then read the
+tensors one at a time into the target dtype, so peak memory stays near one copy of the model.
+
+The official SD3 files come in two layouts (../shared/REFERENCE.md §1): all-in-one checkpoints
+whose keys carry a prefix per component (`model.diffusion_model.`, `first_stage_model.`,
+`text_encoders.clip_l.transformer.`, ...) and separate files with no prefix. `TensorSource.under`
+gives the view of one component with its prefix stripped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from common.errors import ModelLoadingError
+
+# Extensions of pickle-based checkpoints. Unpickling runs arbitrary code, so we refuse them.
+_PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+
+CheckpointLike = str | os.PathLike | Mapping[str, torch.Tensor]
+
+
+class TensorSource:
+    """Named tensors that can be listed and measured before any of them is read.
+
+    `keys()` are the names as the component sees them (prefix already stripped by `under`);
+    `shape(key)` costs nothing; `tensor(key)` reads one tensor from the file.
+    """
+
+    def __init__(
+        self,
+        names: dict[str, str],
+        shape: Callable[[str], tuple[int, ...]],
+        read: Callable[[str], torch.Tensor],
+        description: str,
+    ) -> None:
+        self._names = names  # visible name -> name in the underlying file or dict
+        self._shape = shape
+        self._read = read
+        self.description = description
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._names
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shape(self._names[key])
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every visible key with its shape; reads no tensor data."""
+        return {key: self.shape(key) for key in self._names}
+
+    def tensor(self, key: str) -> torch.Tensor:
+        try:
+            return self._read(self._names[key])
+        except SafetensorError as error:
+            raise ModelLoadingError(
+                f"could not read tensor '{key}' from {self.description}: {error}. The file may be "
+                "truncated or corrupt: delete it and download it again."
+            ) from error
+
+    def has_prefix(self, prefix: str) -> bool:
+        return any(key.startswith(prefix) for key in self._names)
+
+    def under(self, prefix: str) -> TensorSource:
+        """The keys that start with `prefix`, with the prefix removed."""
+        names = {k[len(prefix) :]: v for k, v in self._names.items() if k.startswith(prefix)}
+        return TensorSource(names, self._shape, self._read, f"{self.description} under '{prefix}'")
+
+    def renamed(self, aliases: Mapping[str, str]) -> TensorSource:
+        """A view in which each key `old` of `aliases` that is present is seen as `aliases[old]`."""
+        names = {aliases.get(k, k): v for k, v in self._names.items()}
+        return TensorSource(names, self._shape, self._read, self.description)
+
+
+@contextlib.contextmanager
+def open_checkpoint(source: CheckpointLike) -> Iterator[TensorSource]:
+    """Open a `.safetensors` path or wrap a dict of tensors as a `TensorSource`.
+
+    The file stays memory-mapped while the `with` block runs. A missing path, a directory, a
+    pickle-based checkpoint, and a truncated or corrupt file each raise `ModelLoadingError`
+    with a message that says what to do.
+    """
+    if isinstance(source, Mapping):
+        yield _dict_source(source)
+        return
+    if not isinstance(source, (str, os.PathLike)):
+        raise ModelLoadingError(
+            f"a checkpoint must be a path to a .safetensors file or a dict of tensors, "
+            f"not {type(source).__name__}"
+        )
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelLoadingError(f"checkpoint file not found: {path}")
+    if path.is_dir():
+        raise ModelLoadingError(f"expected a .safetensors file but {path} is a directory")
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise ModelLoadingError(
+            f"{path} is a pickle-based checkpoint; this project loads only .safetensors files, "
+            "because unpickling can run arbitrary code. Download the .safetensors release instead."
+        )
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except SafetensorError as error:
+        raise ModelLoadingError(
+            f"{path} is not a readable safetensors file ({error}). It may be truncated (an "
+            "interrupted download?), corrupt, or another format: delete it and download it again."
+        ) from error
+    except OSError as error:
+        raise ModelLoadingError(f"could not open checkpoint {path}: {error}") from error
+    with handle:
+        yield TensorSource(
+            {key: key for key in handle.keys()},
+            shape=lambda key: tuple(handle.get_slice(key).get_shape()),
+            read=handle.get_tensor,
+            description=str(path),
+        )
+
+
+def _dict_source(tensors: Mapping[str, torch.Tensor]) -> TensorSource:
+    bad = [key for key, value in tensors.items() if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise ModelLoadingError(
+            f"a state dict must map names to tensors; {len(bad)} entries are not tensors "
+            f"(first: {bad[:3]})"
+        )
+    return TensorSource(
+        {key: key for key in tensors},
+        shape=lambda key: tuple(tensors[key].shape),
+        read=lambda key: tensors[key],
+        description="the given state dict",
+    )

@@ -1,0 +1,83 @@
+"""Filling a model built on the `meta` device with checkpoint tensors, strictly.
+
+Every loader in this project builds its module on the `meta` device (no memory, no random
+initialisation), checks that the checkpoint has exactly the names and shapes the module expects,
+and only then reads the tensors one by one in the target dtype and device, handing them to
+`load_state_dict(assign=True)`. Peak memory is therefore one copy of the weights plus one tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from common.checkpoint import TensorSource
+from common.errors import ModelLoadingError
+
+_SHOWN = 5  # how many offending keys an error message lists before giving a count
+
+
+def load_strict(
+    model: nn.Module,
+    source: TensorSource,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    what: str,
+    to_checkpoint_name: Callable[[str], str] | None = None,
+) -> nn.Module:
+    """Assign `source`'s tensors to `model` (built on `meta`) and return it in eval mode.
+
+    Args:
+        model: the module, built on the meta device; its `state_dict()` names what is expected.
+        source: the checkpoint view for this component (prefix already stripped).
+        dtype: floating-point tensors are converted to it; integer tensors keep their dtype.
+        device: where the weights go.
+        what: the component's name for error messages ("MMDiT", "CLIP-L", ...).
+        to_checkpoint_name: maps a model parameter name to the checkpoint's name for it
+            (the VAE's renaming map); identity when None.
+
+    Raises:
+        ModelLoadingError: listing missing keys, unexpected keys and shape mismatches.
+    """
+    rename = to_checkpoint_name or (lambda name: name)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    model_name_of = {rename(name): name for name in expected}
+
+    missing = [ckpt for ckpt in model_name_of if ckpt not in source]
+    unexpected = [key for key in source.keys() if key not in model_name_of]
+    mismatched = [
+        f"{ckpt}: checkpoint {source.shape(ckpt)} vs model {expected[name]}"
+        for ckpt, name in model_name_of.items()
+        if ckpt in source and source.shape(ckpt) != expected[name]
+    ]
+    if missing or unexpected or mismatched:
+        show = lambda ckpt: ckpt if model_name_of[ckpt] == ckpt else f"{ckpt} (model: {model_name_of[ckpt]})"
+        problems = []
+        if missing:
+            problems.append(_listing("missing key", [show(k) for k in missing]))
+        if unexpected:
+            problems.append(_listing("unexpected key", unexpected))
+        if mismatched:
+            problems.append(_listing("shape mismatch", mismatched))
+        raise ModelLoadingError(
+            f"{what} checkpoint {source.description} does not match the {what} architecture: "
+            + "; ".join(problems)
+            + ". Check that the file is the right component and complete."
+        )
+
+    state = {}
+    for ckpt, name in model_name_of.items():
+        tensor = source.tensor(ckpt)
+        target_dtype = dtype if tensor.is_floating_point() else tensor.dtype
+        state[name] = tensor.to(device=device, dtype=target_dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def _listing(kind: str, items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOWN])
+    more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return f"{len(items)} {kind}{'s' if len(items) != 1 else ''} ({shown}{more})"

@@ -1,0 +1,50 @@
+"""Loading an MMDiT from an official single-file checkpoint or a state dict.
+
+The model is built on the `meta` device from a config inferred from tensor shapes, then filled
+strictly with tensors read from the memory-mapped file (common/state_dict.py), so peak memory
+stays near one copy of the weights in the target dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from common.checkpoint import CheckpointLike, open_checkpoint
+from common.devices import resolve_device, resolve_dtype
+from common.state_dict import load_strict
+from mmdit.config import Config
+from mmdit.model import MMDiT
+
+PREFIX = "model.diffusion_model."
+
+
+def load_mmdit(
+    source: CheckpointLike,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str = "cpu",
+) -> MMDiT:
+    """Load the MMDiT of any SD3 / SD3.5 variant, its architecture read off the checkpoint.
+
+    Args:
+        source: a `.safetensors` path or a dict of tensors. Keys may carry the
+            `model.diffusion_model.` prefix (all-in-one checkpoints, whose VAE and text-encoder
+            tensors are then ignored) or not (a bare MMDiT state dict).
+        dtype: weights are converted to it (float32, float16 or bfloat16, or their names).
+        device: where the weights go ("cpu", "cuda", "cuda:1", ...).
+
+    Returns:
+        The model in eval mode; `model.config` says which architecture was found.
+
+    Raises:
+        ModelLoadingError: missing, unreadable or pickle-based file; missing, unexpected or
+            mis-shaped MMDiT keys (the first few are listed, with a count).
+        DeviceError: the device or dtype is not available.
+    """
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    with open_checkpoint(source) as checkpoint:
+        tensors = checkpoint.under(PREFIX) if checkpoint.has_prefix(PREFIX) else checkpoint
+        config = Config.from_state_dict(tensors.shapes())
+        with torch.device("meta"):
+            model = MMDiT(config)
+        return load_strict(model, tensors, dtype=dtype, device=device, what="MMDiT")
