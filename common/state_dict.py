@@ -54,7 +54,11 @@ def load_strict(
         if ckpt in source and source.shape(ckpt) != expected[name]
     ]
     if missing or unexpected or mismatched:
-        show = lambda ckpt: ckpt if model_name_of[ckpt] == ckpt else f"{ckpt} (model: {model_name_of[ckpt]})"
+
+        def show(ckpt: str) -> str:  # both names when the model renames
+            name = model_name_of[ckpt]
+            return ckpt if name == ckpt else f"{ckpt} (model: {name})"
+
         problems = []
         if missing:
             problems.append(_listing("missing key", [show(k) for k in missing]))

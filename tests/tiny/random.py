@@ -26,3 +26,13 @@ class RandomTensors:
     def norm_weight(self, size: int) -> torch.Tensor:
         """A learned norm scale near one but not one, so a missing multiply shows."""
         return self.normal(size, std=0.1, mean=1.0)
+
+
+class MetaTensors(RandomTensors):
+    """The same API, producing shape-only tensors on the meta device (for full-size layouts)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def normal(self, *shape: int, std: float = 1.0, mean: float = 0.0) -> torch.Tensor:
+        return torch.empty(*shape, device="meta")

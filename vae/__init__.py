@@ -1,0 +1,30 @@
+"""The SD3 VAE (a 16-channel AutoencoderKL), written from scratch, with Candle's renaming map.
+
+    from vae import load_vae, decode_latents, to_pil
+    vae = load_vae("sd3.5_medium.safetensors")          # reads `first_stage_model.*`
+    images = to_pil(decode_latents(vae, latents))        # latents (b, 16, h, w) in model space
+
+Files: `config.py`, `rename.py` (diffusers-style name -> checkpoint name), `blocks.py`,
+`model.py` (encoder, decoder), `loading.py`, `scaling.py` (SD3 latent scaling),
+`tiling.py`, `images.py` (tensors <-> pixels).
+"""
+
+from vae.config import VAEConfig
+from vae.images import from_pil, to_pil, to_uint8
+from vae.loading import PREFIX, load_vae
+from vae.model import AutoEncoderKL
+from vae.rename import checkpoint_name
+from vae.scaling import decode_latents, encode_images
+
+__all__ = [
+    "VAEConfig",
+    "AutoEncoderKL",
+    "load_vae",
+    "checkpoint_name",
+    "decode_latents",
+    "encode_images",
+    "to_uint8",
+    "to_pil",
+    "from_pil",
+    "PREFIX",
+]
