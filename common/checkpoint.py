@@ -81,6 +81,11 @@ class TensorSource:
         names = {k[len(prefix) :]: v for k, v in self._names.items() if k.startswith(prefix)}
         return TensorSource(names, self._shape, self._read, f"{self.description} under '{prefix}'")
 
+    def without(self, *keys: str) -> TensorSource:
+        """A view that does not show `keys` (tensors a loader deliberately ignores)."""
+        names = {k: v for k, v in self._names.items() if k not in keys}
+        return TensorSource(names, self._shape, self._read, self.description)
+
     def renamed(self, aliases: Mapping[str, str]) -> TensorSource:
         """A view in which each key `old` of `aliases` that is present is seen as `aliases[old]`."""
         names = {aliases.get(k, k): v for k, v in self._names.items()}
