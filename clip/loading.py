@@ -14,6 +14,7 @@ from clip.t5 import T5Encoder
 from clip.text_model import CLIPTextModel
 from common.checkpoint import CheckpointLike, TensorSource, open_checkpoint
 from common.devices import resolve_device, resolve_dtype
+from common.errors import ModelLoadingError
 from common.state_dict import load_strict
 
 CLIP_L_PREFIX = "text_encoders.clip_l.transformer."
@@ -33,6 +34,11 @@ def _load_clip(
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     with open_checkpoint(source) as checkpoint:
         tensors = _component(checkpoint, prefix).without(*_IGNORED)
+        if config.get("project_pooled") and "text_projection.weight" not in tensors:
+            raise ModelLoadingError(
+                f"{what} checkpoint {tensors.description} has no text_projection.weight, which CLIP-G "
+                "needs; is this a CLIP-L file?"
+            )
         with torch.device("meta"):
             model = CLIPTextModel(CLIPConfig.from_state_dict(tensors.shapes(), **config))
         return load_strict(model, tensors, dtype=dtype, device=device, what=what)

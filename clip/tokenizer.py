@@ -3,8 +3,9 @@
 CLIP: BOS, at most 75 prompt tokens, EOS, then padding to 77. The pad token differs between the
 references (../shared/REFERENCE.md §6): Stability pads CLIP-L with EOS and CLIP-G with "!" (id 0),
 Candle pads both with "!", diffusers uses whatever its tokenizer files name. The prompt itself is
-always tokenized as plain text, so a literal "!" in it stays an ordinary BPE piece (the quirk of
-transformers' tokenizer with pad token "!", diffusers issue #4153, does not happen here).
+always tokenized as plain text, so a literal "!" in it stays an ordinary BPE piece: a
+tokenizer.json saved with pad token "!" lists "!" as an added (special) token, which would match
+inside the prompt (diffusers issue #4153), so CLIP tokenizers keep only BOS and EOS as added tokens.
 
 T5: the prompt's tokens, EOS (1), then padding (0). With `truncate`, exactly `max_length` tokens
 (Candle 77, diffusers 256); without it, at least `max_length` and never cut (Stability).
@@ -12,6 +13,7 @@ T5: the prompt's tokens, EOS (1), then padding (0). With `truncate`, exactly `ma
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -26,12 +28,16 @@ CLIP_LENGTH = 77
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
-def _load(path: str | Path, what: str) -> Tokenizer:
+def _load(path: str | Path, what: str, keep_added: tuple[str, ...] | None = None) -> Tokenizer:
+    """Read a tokenizer.json; with `keep_added`, drop every other added token first."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise TextEncodingError(f"{what} tokenizer file not found: {path} (a tokenizer.json is expected)")
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        if keep_added is not None:
+            spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if t.get("content") in keep_added]
+        tokenizer = Tokenizer.from_str(json.dumps(spec))
     except Exception as error:  # tokenizers raises a bare Exception for malformed files
         raise TextEncodingError(f"{path} is not a valid {what} tokenizer.json: {error}") from error
     tokenizer.no_truncation()
@@ -51,7 +57,7 @@ class CLIPTokenizer:
 
     def __init__(self, tokenizer_file: str | Path, *, pad_token: str | int = EOS) -> None:
         """`pad_token`: a token string of the vocabulary (EOS, "!") or an id (0 is "!")."""
-        self.tokenizer = _load(tokenizer_file, "CLIP")
+        self.tokenizer = _load(tokenizer_file, "CLIP", keep_added=(BOS, EOS))
         self.bos_id, self.eos_id = self._id(BOS), self._id(EOS)
         self.pad_id = pad_token if isinstance(pad_token, int) else self._id(pad_token)
 

@@ -90,3 +90,34 @@ def tiny_t5_tokenizer(model_max_length: int = 512):
     pieces += [("▁" + w, -float(i % 7 + 1)) for i, w in enumerate(words)]
     pieces += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz,!"]
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+
+
+def real_clip_vocab_and_merges(cache: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's real 49408-token vocabulary, from the BPE file inside the open-clip-torch wheel.
+
+    Built as OpenAI's and open_clip's `SimpleTokenizer` build it: 256 byte symbols, the same with
+    "</w>", the 48894 merged pieces in merge order, then <|startoftext|> (49406), <|endoftext|> (49407).
+    Raises OSError when the wheel cannot be fetched.
+    """
+    import gzip
+    import subprocess
+    import sys
+    import zipfile
+
+    cache.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(cache.glob("open_clip_torch-*.whl"))
+    if not wheels:
+        run = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "open-clip-torch", "-d", str(cache)],
+            capture_output=True, text=True, timeout=300,
+        )
+        wheels = sorted(cache.glob("open_clip_torch-*.whl"))
+        if run.returncode or not wheels:
+            raise OSError(f"pip download open-clip-torch failed: {run.stderr.strip()[-300:]}")
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        lines = gzip.decompress(wheel.read("open_clip/bpe_simple_vocab_16e6.txt.gz")).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    alphabet = bytes_to_unicode()
+    pieces = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
+    pieces += ["<|startoftext|>", "<|endoftext|>"]
+    return {piece: i for i, piece in enumerate(pieces)}, merges

@@ -1,0 +1,67 @@
+"""Loading errors for the text encoders, and T5's float16 safety."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clip import load_clip_g, load_clip_l, load_t5
+from common import ModelLoadingError
+from tests.tiny.text import TinyCLIP, TinyT5, clip_state_dict, t5_state_dict
+
+
+def test_clip_g_needs_its_projection():
+    with pytest.raises(ModelLoadingError, match="no text_projection.weight.*CLIP-L file"):
+        load_clip_g(clip_state_dict(TinyCLIP(vocab=100)))
+
+
+def test_clip_l_file_with_a_projection_loads_and_ignores_it():
+    """Separate clip_l.safetensors files may carry a text_projection; SD3 uses CLIP-L's pooled output as is."""
+    arch = TinyCLIP(vocab=100)
+    with_projection = load_clip_l(clip_state_dict(TinyCLIP(vocab=100, projection=True), seed=1))
+    without = load_clip_l(clip_state_dict(arch, seed=1))
+    ids = torch.tensor([[98, 5, 6, 99] + [99] * 73])
+    assert torch.equal(with_projection(ids)[1], without(ids)[1])
+
+
+def test_legacy_position_ids_buffer_is_ignored():
+    state_dict = clip_state_dict(TinyCLIP(vocab=100))
+    state_dict["text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    load_clip_l(state_dict)
+
+
+def test_missing_clip_layer_is_listed():
+    state_dict = clip_state_dict(TinyCLIP(vocab=100))
+    del state_dict["text_model.encoder.layers.1.mlp.fc2.bias"]
+    with pytest.raises(ModelLoadingError, match=r"CLIP-L .*1 missing key \(text_model.encoder.layers.1.mlp.fc2.bias\)"):
+        load_clip_l(state_dict)
+
+
+def test_t5_loader_on_a_clip_file(tmp_path):
+    path = tmp_path / "clip_l.safetensors"
+    save_file(clip_state_dict(TinyCLIP(vocab=100)), str(path))
+    with pytest.raises(ModelLoadingError, match="not a T5 encoder checkpoint.*shared.weight"):
+        load_t5(path)
+
+
+def test_clip_loader_on_a_t5_file():
+    with pytest.raises(ModelLoadingError, match="not a CLIP text checkpoint"):
+        load_clip_l(t5_state_dict(TinyT5()))
+
+
+def test_float16_t5_stays_finite_where_float16_overflows():
+    """T5-XXL's feed-forward output exceeds float16's range: ours keeps `wo` and the residual in float32."""
+    arch = TinyT5(vocab=64)
+    state_dict = t5_state_dict(arch, seed=3)
+    for key in state_dict:
+        if key.endswith("DenseReluDense.wo.weight"):
+            state_dict[key] = state_dict[key] * 3e4  # outputs of ~1e5, beyond float16's 65504
+    ids = torch.randint(0, arch.vocab, (2, 16), generator=torch.Generator().manual_seed(0))
+    full = load_t5(state_dict)(ids)
+    half_model = load_t5(state_dict, dtype="float16")
+    assert half_model.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+    half = half_model(ids).float()
+    assert torch.isfinite(half).all()
+    assert (half - full).abs().max() < 2e-2 * full.abs().max()
+    for block in half_model.encoder.block:  # the naive way: everything in float16
+        block.layer[1].DenseReluDense.wo.half()
+    assert not torch.isfinite(half_model(ids)).all(), "the test should provoke the overflow it guards against"
