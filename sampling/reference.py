@@ -1,0 +1,55 @@
+"""The `reference` switch: every point where Candle, Stability and diffusers disagree, set at once.
+
+../shared/REFERENCE.md §6 lists the points. `Reference.named("candle")` etc. set all of them to one
+implementation's behaviour; `dataclasses.replace` (or the command line's individual options)
+overrides single points.
+
+Our default ("default") mirrors Candle except where Candle departs from how the model was trained
+or from numerical care:
+- CLIP-L is padded with EOS, as Stability's reference code (and the training setup it encodes) does,
+  not with "!";
+- CLIP-G uses the exact GELU it was trained with, not Candle's tanh approximation;
+- the unconditional pass is skipped at cfg = 1, where it cannot change the result;
+- latents stay float32 between steps (Stability), where Candle keeps them in the model's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.errors import ConfigurationError
+
+EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """How one implementation conditions and samples (names as in REFERENCE.md §6)."""
+
+    name: str
+    clip_l_pad: str = EOS  # CLIP-L pad token
+    clip_g_pad: str = "!"  # CLIP-G pad token (id 0 everywhere)
+    clip_g_gelu: str = "gelu"  # "gelu" (exact) or "gelu_tanh"
+    t5_length: int = 77
+    t5_truncate: bool = True  # False: at least t5_length tokens, never cut (Stability)
+    schedule: str = "candle"  # see sampling/schedules.py
+    uncond_first: bool = False  # CFG batch order [uncond, cond] (diffusers) vs [cond, uncond]
+    uncond_at_cfg_one: bool = False  # run the unconditional pass even at cfg = 1
+    round_latents: bool = False  # round latents to the model dtype after every step
+
+    @classmethod
+    def named(cls, name: str) -> Reference:
+        presets = {
+            "default": cls("default"),
+            "candle": cls(
+                "candle", clip_l_pad="!", clip_g_gelu="gelu_tanh", uncond_at_cfg_one=True, round_latents=True
+            ),
+            "stability": cls("stability", t5_truncate=False, schedule="stability", uncond_at_cfg_one=True),
+            "diffusers": cls("diffusers", t5_length=256, schedule="diffusers", uncond_first=True, round_latents=True),
+        }
+        if name not in presets:
+            raise ConfigurationError(f"unknown reference '{name}'; choose one of {', '.join(presets)}")
+        return presets[name]
+
+
+REFERENCES = ("default", "candle", "stability", "diffusers")

@@ -1,0 +1,72 @@
+"""Resolving files from the Hub or local paths, and the memory check before each stage."""
+
+from types import SimpleNamespace
+
+import pytest
+from huggingface_hub.errors import GatedRepoError
+
+import sampling.hub as hub
+from common import DeviceError, ModelLoadingError
+from sampling import StableDiffusion3, VARIANTS
+from sampling.hub import resolve
+from sampling import memory
+from sampling.variants import HubFile
+
+FILE = HubFile("stabilityai/stable-diffusion-3.5-medium", "sd3.5_medium.safetensors")
+
+
+def test_local_file_is_used_as_is(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"x")
+    assert resolve(path, FILE, flag="--checkpoint") == path
+
+
+def test_missing_local_file_names_the_flag(tmp_path):
+    with pytest.raises(ModelLoadingError, match="--clip-g .*: file not found"):
+        resolve(tmp_path / "clip_g.safetensors", FILE, flag="--clip-g")
+
+
+def test_no_network_says_which_local_flags_to_use(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadingError, match="cannot reach the Hugging Face Hub.*--checkpoint"):
+        resolve(None, FILE, flag="--checkpoint", cache_dir=str(tmp_path))
+
+
+def test_gated_repo_says_where_to_accept_the_licence_and_never_prints_the_token(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
+
+    def gated(*args, **kwargs):
+        response = SimpleNamespace(headers={}, request=None)  # what the error reads of an HTTP response
+        raise GatedRepoError("403 Client Error: gated repo", response=response)
+
+    monkeypatch.setattr(hub, "hf_hub_download", gated)
+    with pytest.raises(ModelLoadingError) as info:
+        resolve(None, FILE, flag="--checkpoint")
+    message = str(info.value)
+    assert "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium" in message and "HF_TOKEN" in message
+    assert "hf_secret_token_value" not in message
+
+
+def test_variant_table():
+    medium = VARIANTS["3.5-medium"]
+    assert medium.clip_l.repo == "stabilityai/stable-diffusion-3.5-large"  # the medium repo's T5 is sharded
+    assert medium.slg.layers == (7, 8, 9) and medium.slg.scale == 2.5
+    assert VARIANTS["3.5-large-turbo"].steps == 4 and VARIANTS["3.5-large-turbo"].cfg == 1.0
+    assert VARIANTS["3-medium"].clip_g == VARIANTS["3-medium"].checkpoint  # all in one file
+    assert all(v.slg is None for k, v in VARIANTS.items() if k != "3.5-medium")
+
+
+def test_a_stage_that_does_not_fit_is_refused_with_advice(monkeypatch, files):
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1024)
+    with pytest.raises(DeviceError, match=r"text encoding stage needs about .* GiB .*--dtype bf16 or --no-t5"):
+        StableDiffusion3(files).generate(["a cat"], height=32, width=32, steps=1)
+
+
+def test_weight_bytes_follow_the_dtype(files):
+    from common.checkpoint import open_checkpoint
+    import torch
+
+    with open_checkpoint(files.checkpoint) as checkpoint:
+        part = checkpoint.under("first_stage_model.")
+        assert memory.weight_bytes(part, torch.float32) == 2 * memory.weight_bytes(part, torch.bfloat16)

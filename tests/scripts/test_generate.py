@@ -1,0 +1,144 @@
+"""scripts/generate.py end to end on tiny local files: images, metadata, seeds, latents, errors.
+
+Most runs call `main()` in this process (fast); the README's command itself runs as a subprocess.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from tests.tiny.pipeline import write_tiny_sd3
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("generate", ROOT / "scripts" / "generate.py")
+generate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(generate)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_sd3(tmp_path_factory.mktemp("sd3"), seed=3)
+
+
+def local_flags(tiny) -> list[str]:
+    c = str(tiny.checkpoint)
+    return ["--checkpoint", c, "--clip-l", c, "--clip-g", c, "--t5xxl", c,
+            "--clip-l-tokenizer", str(tiny.clip_l_tokenizer), "--clip-g-tokenizer", str(tiny.clip_g_tokenizer),
+            "--t5-tokenizer", str(tiny.t5_tokenizer)]
+
+
+def run(tiny, *flags, out=None) -> int:
+    args = [*local_flags(tiny), "--height", "64", "--width", "48", "--num-inference-steps", "2", "--cpu", "--quiet", *flags]
+    if out is not None:
+        args += ["--final-image", str(out)]
+    return generate.main(args)
+
+
+def test_readme_command_with_local_files(tiny, tmp_path):
+    """The README's main-job command, with the tiny local files in place of the Hub."""
+    out = tmp_path / "out.png"
+    command = [sys.executable, str(ROOT / "scripts" / "generate.py"), "--which", "3.5-medium", *local_flags(tiny),
+               "--prompt", "a photo of a cat", "--height", "64", "--width", "64", "--num-inference-steps", "2",
+               "--seed", "0", "--final-image", str(out), "--cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "2 steps in" in done.stderr and "it/s" in done.stderr and "denoising [" in done.stderr
+    image = Image.open(out)
+    assert image.size == (64, 64) and image.format == "PNG"
+    assert image.text["parameters"].startswith("a photo of a cat\nNegative prompt: \nSteps: 2, Sampler: euler, CFG scale: 4.0, Seed: 0, Size: 64x64, Model: 3.5-medium")
+    assert json.loads(image.text["sd3"])["seed"] == 0
+
+
+def test_same_seed_gives_identical_bytes(tiny, tmp_path):
+    assert run(tiny, "--seed", "7", out=tmp_path / "a.png") == 0
+    assert run(tiny, "--seed", "7", out=tmp_path / "b.png") == 0
+    assert run(tiny, "--seed", "8", out=tmp_path / "c.png") == 0
+    a, b, c = ((tmp_path / n).read_bytes() for n in ("a.png", "b.png", "c.png"))
+    assert a == b and a != c
+
+
+def test_latents_round_trip(tiny, tmp_path):
+    assert run(tiny, "--seed", "3", "--save-latents", str(tmp_path / "final.safetensors"), out=tmp_path / "a.png") == 0
+    noise = torch.randn(1, 16, 8, 6, generator=torch.Generator().manual_seed(3))
+    save_file({"latents": noise}, str(tmp_path / "noise.safetensors"))
+    assert run(tiny, "--latents", str(tmp_path / "noise.safetensors"), "--save-latents", str(tmp_path / "again.safetensors"),
+               out=tmp_path / "b.png") == 0
+    first, again = load_file(tmp_path / "final.safetensors")["latents"], load_file(tmp_path / "again.safetensors")["latents"]
+    assert first.shape == (1, 16, 8, 6) and torch.equal(first, again)  # seed 3's noise is that draw
+    pixels = lambda name: Image.open(tmp_path / name).tobytes()
+    assert pixels("a.png") == pixels("b.png")  # the files differ only in the seed they record
+
+
+def test_prompts_file_numbered_outputs_and_jpeg(tiny, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat\n\nan astronaut riding a horse\n")
+    assert run(tiny, "--prompts-file", str(prompts), "--num-images", "2", "--batch-size", "2", "--seed", "10",
+               out=tmp_path / "pic.jpg") == 0
+    made = sorted(p.name for p in tmp_path.glob("pic-*.jpg"))
+    assert made == ["pic-0.jpg", "pic-1.jpg", "pic-2.jpg", "pic-3.jpg"]
+    image = Image.open(tmp_path / "pic-3.jpg")
+    assert image.format == "JPEG" and b"Seed: 13" in image.info["comment"] and b"an astronaut" in image.info["comment"]
+
+
+def test_no_t5_and_reference_flags(tiny, tmp_path):
+    assert run(tiny, "--no-t5", "--reference", "stability", "--sampler", "dpmpp_2m", "--seed", "1", out=tmp_path / "a.png") == 0
+    assert run(tiny, "--reference", "candle", "--t5-max-length", "32", "--seed", "1", out=tmp_path / "b.png") == 0
+    assert Image.open(tmp_path / "a.png").size == (48, 64)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--height", "60"], "--height must be a positive multiple of 16, got 60"),
+        (["--width", "256"], "width 256 exceeds this checkpoint's limit of 128 pixels"),
+        (["--num-inference-steps", "0"], "--num-inference-steps must be at least 1"),
+        (["--use-slg"], "--use-slg is only defined for 3.5-medium, not 3-medium"),
+        (["--use-flash-attn"], "--use-flash-attn needs a CUDA device"),
+        (["--prompts-file", "/nonexistent/prompts.txt"], "--prompts-file /nonexistent/prompts.txt: file not found"),
+    ],
+)
+def test_errors_are_one_line_with_exit_1(tiny, tmp_path, capsys, flags, message):
+    assert run(tiny, *flags, out=tmp_path / "x.png") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_missing_and_corrupt_files(tiny, tmp_path, capsys):
+    flags = local_flags(tiny)
+    flags[flags.index("--clip-g") + 1] = str(tmp_path / "missing.safetensors")
+    assert generate.main([*flags, "--cpu", "--quiet", "--height", "32", "--width", "32"]) == 1
+    err = capsys.readouterr().err
+    assert "--clip-g" in err and "file not found" in err
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    flags = local_flags(tiny)
+    flags[flags.index("--checkpoint") + 1] = str(corrupt)
+    assert generate.main([*flags, "--cpu", "--quiet", "--height", "32", "--width", "32"]) == 1
+    assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_no_network_without_local_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert generate.main(["--which", "3.5-medium", "--cpu", "--cache-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the Hugging Face Hub" in err and "--checkpoint" in err
+
+
+def test_nan_latents_name_the_likely_cause(tiny, tmp_path, capsys):
+    save_file({"latents": torch.full((1, 16, 8, 6), float("nan"))}, str(tmp_path / "nan.safetensors"))
+    assert run(tiny, "--latents", str(tmp_path / "nan.safetensors"), out=tmp_path / "x.png") == 1
+    assert "NaN or inf" in capsys.readouterr().err
+
+
+def test_verbose_shows_the_traceback(tiny, tmp_path):
+    with pytest.raises(Exception, match="multiple of 16"):
+        run(tiny, "--height", "60", "--verbose", out=tmp_path / "x.png")
