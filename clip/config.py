@@ -10,23 +10,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from common.errors import ConfigurationError, ModelLoadingError
+from common.checkpoint import shape_lookup
+from common.errors import ConfigurationError
 
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
-
-
-def _shapes(shapes: Mapping[str, object], what: str, prefix: str):
-    shape = {name: tuple(getattr(v, "shape", v)) for name, v in shapes.items()}
-
-    def need(name: str) -> tuple[int, ...]:
-        if name not in shape:
-            raise ModelLoadingError(
-                f"not a {what} checkpoint: tensor '{name}' is missing (an all-in-one SD3 file has it "
-                f"under '{prefix}{name}')"
-            )
-        return shape[name]
-
-    return shape, need
 
 
 def _count(shape: Mapping[str, object], pattern: str) -> int:
@@ -79,7 +66,7 @@ class CLIPConfig:
         The activation and whether to project the pooled output are not in the shapes: pass them
         as `overrides` (the CLIP-L and CLIP-G loaders do).
         """
-        shape, need = _shapes(shapes, "CLIP text", "text_encoders.clip_{l,g}.transformer.")
+        shape, need = shape_lookup(shapes, "a CLIP text", "text_encoders.clip_{l,g}.transformer.")
         vocab, width = need("text_model.embeddings.token_embedding.weight")
         projection = shape.get("text_projection.weight")
         config = cls(
@@ -115,7 +102,7 @@ class T5Config:
     @classmethod
     def from_state_dict(cls, shapes: Mapping[str, object]) -> T5Config:
         """Shapes read off a checkpoint in the transformers layout, embedding under `shared.weight`."""
-        shape, need = _shapes(shapes, "T5 encoder", "text_encoders.t5xxl.transformer.")
+        shape, need = shape_lookup(shapes, "a T5 encoder", "text_encoders.t5xxl.transformer.")
         vocab, d_model = need("shared.weight")
         buckets, heads = need("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
         return cls(

@@ -12,7 +12,7 @@ import torch
 from clip.config import CLIPConfig, T5Config
 from clip.t5 import T5Encoder
 from clip.text_model import CLIPTextModel
-from common.checkpoint import CheckpointLike, TensorSource, open_checkpoint
+from common.checkpoint import CheckpointLike, open_checkpoint
 from common.devices import resolve_device, resolve_dtype
 from common.errors import ModelLoadingError
 from common.state_dict import load_strict
@@ -24,16 +24,12 @@ T5_PREFIX = "text_encoders.t5xxl.transformer."
 _IGNORED = ("text_model.embeddings.position_ids",)
 
 
-def _component(checkpoint: TensorSource, prefix: str) -> TensorSource:
-    return checkpoint.under(prefix) if checkpoint.has_prefix(prefix) else checkpoint
-
-
 def _load_clip(
     source: CheckpointLike, prefix: str, what: str, dtype, device, **config: object
 ) -> CLIPTextModel:
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     with open_checkpoint(source) as checkpoint:
-        tensors = _component(checkpoint, prefix).without(*_IGNORED)
+        tensors = checkpoint.component(prefix).without(*_IGNORED)
         if config.get("project_pooled") and "text_projection.weight" not in tensors:
             raise ModelLoadingError(
                 f"{what} checkpoint {tensors.description} has no text_projection.weight, which CLIP-G "
@@ -106,7 +102,7 @@ def load_t5(
     """
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     with open_checkpoint(source) as checkpoint:
-        tensors = _component(checkpoint, T5_PREFIX)
+        tensors = checkpoint.component(T5_PREFIX)
         if "shared.weight" in tensors:  # the two names hold one tied embedding
             tensors = tensors.without("encoder.embed_tokens.weight")
         else:

@@ -76,6 +76,10 @@ class TensorSource:
     def has_prefix(self, prefix: str) -> bool:
         return any(key.startswith(prefix) for key in self._names)
 
+    def component(self, prefix: str) -> TensorSource:
+        """One component's view: the keys under `prefix` (all-in-one files), else every key (separate files)."""
+        return self.under(prefix) if self.has_prefix(prefix) else self
+
     def under(self, prefix: str) -> TensorSource:
         """The keys that start with `prefix`, with the prefix removed."""
         names = {k[len(prefix) :]: v for k, v in self._names.items() if k.startswith(prefix)}
@@ -90,6 +94,27 @@ class TensorSource:
         """A view in which each key `old` of `aliases` that is present is seen as `aliases[old]`."""
         names = {aliases.get(k, k): v for k, v in self._names.items()}
         return TensorSource(names, self._shape, self._read, self.description)
+
+
+def shape_lookup(shapes: Mapping[str, object], what: str, prefix: str) -> tuple[dict, Callable]:
+    """(name -> shape dict, need) for config inference; `need(name)` is a shape or a clear error.
+
+    Args:
+        shapes: name -> tensor or shape tuple.
+        what: the component with its article, for the error ("an MMDiT", "a T5 encoder").
+        prefix: where an all-in-one SD3 file keeps this component, for the error.
+    """
+    shape = {name: tuple(getattr(v, "shape", v)) for name, v in shapes.items()}
+
+    def need(name: str) -> tuple[int, ...]:
+        if name not in shape:
+            raise ModelLoadingError(
+                f"not {what} checkpoint: tensor '{name}' is missing (an all-in-one SD3 file has it "
+                f"under '{prefix}{name}')"
+            )
+        return shape[name]
+
+    return shape, need
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.checkpoint import shape_lookup
 from common.errors import ConfigurationError, ModelLoadingError
 
 _BLOCK = re.compile(r"^joint_blocks\.(\d+)\.")
@@ -94,16 +95,7 @@ class Config:
             ModelLoadingError: a tensor the inference needs is absent.
             ConfigurationError: the shapes are inconsistent (e.g. a non-square position table).
         """
-        shape = {name: tuple(getattr(v, "shape", v)) for name, v in shapes.items()}
-
-        def need(name: str) -> tuple[int, ...]:
-            if name not in shape:
-                raise ModelLoadingError(
-                    f"not an MMDiT checkpoint: tensor '{name}' is missing (an SD3 file has it under "
-                    f"'model.diffusion_model.{name}')"
-                )
-            return shape[name]
-
+        shape, need = shape_lookup(shapes, "an MMDiT", "model.diffusion_model.")
         hidden, in_channels, patch, _ = need("x_embedder.proj.weight")
         blocks = sorted({int(m.group(1)) for name in shape if (m := _BLOCK.match(name))})
         if not blocks or blocks != list(range(len(blocks))):

@@ -43,7 +43,7 @@ def load_mmdit(
     """
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     with open_checkpoint(source) as checkpoint:
-        tensors = checkpoint.under(PREFIX) if checkpoint.has_prefix(PREFIX) else checkpoint
+        tensors = checkpoint.component(PREFIX)
         config = Config.from_state_dict(tensors.shapes())
         with torch.device("meta"):
             model = MMDiT(config)

@@ -90,7 +90,7 @@ class StableDiffusion3:
         else:
             logger.info("device %s, %d threads", self.device, torch.get_num_threads())
         with open_checkpoint(files.checkpoint) as checkpoint:
-            tensors = checkpoint.under(mmdit.PREFIX) if checkpoint.has_prefix(mmdit.PREFIX) else checkpoint
+            tensors = checkpoint.component(mmdit.PREFIX)
             self.mmdit_config = mmdit.Config.from_state_dict(tensors.shapes())
             self._mmdit_bytes = memory.weight_bytes(tensors, self.dtype)
 
@@ -185,8 +185,7 @@ class StableDiffusion3:
         for path, prefix in ((files.clip_l, clip.CLIP_L_PREFIX), (files.clip_g, clip.CLIP_G_PREFIX), (files.t5xxl, clip.T5_PREFIX)):
             if path is not None:
                 with open_checkpoint(path) as checkpoint:
-                    part = checkpoint.under(prefix) if checkpoint.has_prefix(prefix) else checkpoint
-                    needed += memory.weight_bytes(part, dtype)
+                    needed += memory.weight_bytes(checkpoint.component(prefix), dtype)
         memory.check_fits("text encoding", needed, device, "use --dtype bf16 or --no-t5 (saves ~10 GB), or --cpu")
         encoder = clip.TripleTextEncoder(
             clip.load_clip_l(files.clip_l, dtype=dtype, device=device),
@@ -258,8 +257,7 @@ class StableDiffusion3:
         """Model-space latents (n, 16, h, w) -> n PIL images; the VAE is freed afterwards."""
         height, width = latents.shape[2] * 8, latents.shape[3] * 8
         with open_checkpoint(self.files.vae) as checkpoint:
-            part = checkpoint.under(vae_lib.PREFIX) if checkpoint.has_prefix(vae_lib.PREFIX) else checkpoint
-            needed = memory.weight_bytes(part, self.dtype)
+            needed = memory.weight_bytes(checkpoint.component(vae_lib.PREFIX), self.dtype)
         needed += memory.vae_activation_bytes(batch_size if tile_size is None else 1, height if tile_size is None else 8 * tile_size,
                                               width if tile_size is None else 8 * tile_size, self.dtype)
         memory.check_fits("decoding", needed, self.device, "use --batch-size 1, --dtype bf16 or a smaller --height/--width")

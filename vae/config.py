@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.errors import ModelLoadingError
+from common.checkpoint import shape_lookup
 
 
 @dataclass(frozen=True)
@@ -40,16 +40,7 @@ class VAEConfig:
         Raises:
             ModelLoadingError: a tensor the inference needs is absent.
         """
-        shape = {name: tuple(getattr(v, "shape", v)) for name, v in shapes.items()}
-
-        def need(name: str) -> tuple[int, ...]:
-            if name not in shape:
-                raise ModelLoadingError(
-                    f"not an SD3 VAE checkpoint: tensor '{name}' is missing (an all-in-one file has it "
-                    f"under 'first_stage_model.{name}')"
-                )
-            return shape[name]
-
+        shape, need = shape_lookup(shapes, "an SD3 VAE", "first_stage_model.")
         def indices(pattern: str) -> list[int]:
             return sorted({int(m.group(1)) for name in shape if (m := re.match(pattern, name))})
 

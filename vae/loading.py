@@ -38,7 +38,7 @@ def load_vae(
     """
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     with open_checkpoint(source) as checkpoint:
-        tensors = checkpoint.under(PREFIX) if checkpoint.has_prefix(PREFIX) else checkpoint
+        tensors = checkpoint.component(PREFIX)
         config = VAEConfig.from_state_dict(tensors.shapes())
         with torch.device("meta"):
             model = AutoEncoderKL(config)
