@@ -13,7 +13,7 @@ import torch
 from common.errors import SamplingError
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-StepCallback = Callable[[int, int], None]
+StepCallback = Callable[[int, int, torch.Tensor], None]  # (step, steps, latents after it)
 SAMPLERS = ("euler", "dpmpp_2m")
 
 
@@ -38,7 +38,7 @@ def euler(
         if round_to is not None:
             x = x.to(round_to).float()
         if on_step is not None:
-            on_step(i + 1, steps)
+            on_step(i + 1, steps, x)
     return x
 
 
@@ -75,7 +75,7 @@ def dpmpp_2m(
         if round_to is not None:
             x = x.to(round_to).float()
         if on_step is not None:
-            on_step(i + 1, steps)
+            on_step(i + 1, steps, x)
     return x
 
 

@@ -119,7 +119,7 @@ class Progress:
     def __init__(self, quiet: bool) -> None:
         self.quiet, self.first, self.done = quiet, None, 0
 
-    def __call__(self, step: int, steps: int) -> None:
+    def __call__(self, step: int, steps: int, latents: torch.Tensor) -> None:
         now, self.done = time.perf_counter(), self.done + 1
         self.first = self.first or now  # rates count from the end of the first step
         if not self.quiet:

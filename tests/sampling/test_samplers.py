@@ -60,8 +60,8 @@ def test_round_to_rounds_every_step():
 
 def test_step_callback_counts_steps():
     calls = []
-    euler(lambda x, s, i: x, torch.ones(1), torch.tensor([1.0, 0.6, 0.2, 0.0]), on_step=lambda i, n: calls.append((i, n)))
-    assert calls == [(1, 3), (2, 3), (3, 3)]
+    euler(lambda x, s, i: x, torch.ones(1), torch.tensor([1.0, 0.6, 0.2, 0.0]), on_step=lambda i, n, x: calls.append((i, n, x.item())))
+    assert calls == [(1, 3, pytest.approx(0.6)), (2, 3, pytest.approx(0.36)), (3, 3, pytest.approx(0.288))]
 
 
 def test_unknown_sampler():
