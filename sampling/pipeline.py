@@ -13,11 +13,13 @@ import contextlib
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import nn
 
 import clip
 import mmdit
@@ -76,8 +78,12 @@ class StableDiffusion3:
         reference: Reference | None = None,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
+        on_load: Callable[[str, nn.Module], None] | None = None,
     ) -> None:
+        """`on_load(name, module)` is called as each stage loads a model ("clip_l", "clip_g", "t5",
+        "mmdit", "vae"): a place for forward hooks (scripts/audit.py) or adapters."""
         self.files = files
+        self.on_load = on_load or (lambda name, module: None)
         self.reference = reference or Reference.named("default")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype or ("bfloat16" if self.device.type == "cuda" else "float32"))
@@ -187,12 +193,18 @@ class StableDiffusion3:
                 with open_checkpoint(path) as checkpoint:
                     needed += memory.weight_bytes(checkpoint.component(prefix), dtype)
         memory.check_fits("text encoding", needed, device, "use --dtype bf16 or --no-t5 (saves ~10 GB), or --cpu")
+        clip_l = clip.load_clip_l(files.clip_l, dtype=dtype, device=device)
+        clip_g = clip.load_clip_g(files.clip_g, dtype=dtype, device=device, hidden_act=ref.clip_g_gelu)
+        t5 = clip.load_t5(files.t5xxl, dtype=dtype, device=device) if files.t5xxl else None
+        for name, module in (("clip_l", clip_l), ("clip_g", clip_g), ("t5", t5)):
+            if module is not None:
+                self.on_load(name, module)
         encoder = clip.TripleTextEncoder(
-            clip.load_clip_l(files.clip_l, dtype=dtype, device=device),
+            clip_l,
             clip.CLIPTokenizer(files.clip_l_tokenizer, pad_token=ref.clip_l_pad),
-            clip.load_clip_g(files.clip_g, dtype=dtype, device=device, hidden_act=ref.clip_g_gelu),
+            clip_g,
             clip.CLIPTokenizer(files.clip_g_tokenizer, pad_token=ref.clip_g_pad),
-            clip.load_t5(files.t5xxl, dtype=dtype, device=device) if files.t5xxl else None,
+            t5,
             clip.T5Tokenizer(files.t5_tokenizer, max_length=ref.t5_length, truncate=ref.t5_truncate)
             if files.t5xxl
             else None,
@@ -200,7 +212,7 @@ class StableDiffusion3:
             context_dim=self.mmdit_config.context_dim,
         )
         context, y = encoder.encode(prompts)
-        del encoder
+        del encoder, clip_l, clip_g, t5
         _free(device)
         return context, y
 
@@ -228,6 +240,7 @@ class StableDiffusion3:
         )
         memory.check_fits("denoising", needed, self.device, "use --dtype bf16, a smaller --height/--width or --batch-size 1")
         model = mmdit.load_mmdit(self.files.checkpoint, dtype=self.dtype, device=self.device)
+        self.on_load("mmdit", model)
         schedule = explicit_sigmas(sigmas) if sigmas is not None else schedule_sigmas(ref.schedule, steps, shift)
         sample = sampler(sampler_name)
         outputs = []
@@ -262,6 +275,7 @@ class StableDiffusion3:
                                               width if tile_size is None else 8 * tile_size, self.dtype)
         memory.check_fits("decoding", needed, self.device, "use --batch-size 1, --dtype bf16 or a smaller --height/--width")
         model = vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device)
+        self.on_load("vae", model)
         images = []
         with torch.no_grad():
             for start in range(0, latents.shape[0], batch_size):
