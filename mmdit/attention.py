@@ -2,7 +2,8 @@
 
 Mirrors huggingface/candle@3c54e75 candle-transformers/src/models/mmdit/projections.rs and
 Stability-AI/sd3.5@8df03ab mmditx.py (`SelfAttention`, `RMSNorm`). QK normalisation is the
-paper's §5.3.2 fix for attention-logit growth (arXiv 2403.03206), used by SD3.5.
+paper's fix for growing attention logits (arXiv 2403.03206, §5.3, "QK-normalization"), used by
+SD3.5.
 
 Legend: b batch, n tokens, h heads, e head dim, d = h * e hidden size.
 """

@@ -1,8 +1,9 @@
 """Flow-matching noise schedules: the timestep shift and the three references' sigma lists.
 
 Rectified flow (arXiv 2403.03206, §2 and §3.1) moves x_sigma = (1 - sigma) x_0 + sigma * noise from
-sigma = 1 to 0. SD3 shifts the schedule towards high noise for high resolutions (§5.3.2, eq. 23):
-shift(t) = a t / (1 + (a - 1) t). The references discretise it differently
+sigma = 1 to 0. SD3 shifts the schedule towards high noise for high resolutions (§5.3,
+"Resolution-dependent shifting of timestep schedules"): shift(t) = a t / (1 + (a - 1) t).
+The references discretise it differently
 (../shared/REFERENCE.md §5):
 
 - candle: sigma_i = shift(i / N) for i = N .. 0 (N + 1 values, ending at exactly 0);

@@ -168,11 +168,11 @@ def audit(args) -> int:
         print(f"\nfinal latents with {args.reference}'s behaviour, point by point, against diffusers:")
         for b in behaviours:
             print(f"  {b['point']:<14} {b['change']:<34} max rel {b['max_rel']:.3e}  cosine {b['cosine']:.6f}")
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), setup, rows, behaviours, args.threshold)
+    json_path, png_path = Path(f"{args.out}.json"), Path(f"{args.out}.png")  # names may hold dots ("3.5")
+    write_json(json_path, setup, rows, behaviours, args.threshold)
     title = f"ours ({setup['dtype']}) vs diffusers ({setup['reference_dtype']}), {setup.get('variant', 'real weights')}, {args.width}x{args.height}, {args.steps} steps"
-    plot(out.with_suffix(".png"), rows, title, args.threshold)
-    print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.png')} in {time.perf_counter() - start:.0f}s")
+    plot(png_path, rows, title, args.threshold)
+    print(f"\nwrote {json_path} and {png_path} in {time.perf_counter() - start:.0f}s")
     worst = max(r["max_rel"] for r in rows)
     if args.fail_above is not None and worst > args.fail_above:
         print(f"FAIL: max relative error {worst:.3e} exceeds --fail-above {args.fail_above:.0e}", file=sys.stderr)

@@ -1,0 +1,59 @@
+"""scripts/audit.py on the tiny architecture: agreement, a perturbed weight, behaviours, outputs."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+spec = importlib.util.spec_from_file_location("audit", ROOT / "scripts" / "audit.py")
+audit = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(audit)
+
+
+def _run(tmp_path, *flags) -> tuple[int, dict]:
+    out = tmp_path / "report.v1"  # a dot in the name must survive
+    code = audit.main(["--tiny", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), *flags])
+    return code, json.loads((tmp_path / "report.v1.json").read_text())
+
+
+def test_tiny_audit_agrees_and_writes_its_outputs(tmp_path, capsys):
+    code, report = _run(tmp_path, "--fail-above", "1e-3")
+    assert code == 0
+    modules = {m["module"]: m for m in report["modules"]}
+    for name in ("clip_l.text_model.encoder.layers.2", "clip_g.text_projection", "t5.encoder.block.1",
+                 "mmdit.joint_blocks.0 context", "mmdit.joint_blocks.1 x", "mmdit.final_layer", "sampling step 2",
+                 "vae.decoder.up_blocks.3"):
+        assert modules[name]["max_rel"] < 1e-5 and modules[name]["cosine"] > 0.999999
+    assert report["first_above_threshold"] is None
+    image = Image.open(tmp_path / "report.v1.png")
+    assert image.size[0] > 1000 and image.size[1] > 400
+    assert "every module agrees" in capsys.readouterr().out
+
+
+def test_a_perturbed_weight_is_found_and_fails_a_tight_threshold(tmp_path, capsys):
+    code, report = _run(tmp_path, "--perturb", "mmdit.joint_blocks.1.x_block.mlp.fc2.bias=0.5", "--fail-above", "1e-4")
+    assert code == 1
+    assert report["first_above_threshold"] == "mmdit.joint_blocks.1 x"
+    modules = {m["module"]: m for m in report["modules"]}
+    assert modules["mmdit.joint_blocks.0 x"]["max_rel"] < 1e-5  # upstream of the change: still equal
+    assert "first above threshold" in capsys.readouterr().out
+
+
+def test_reference_behaviours_point_by_point(tmp_path):
+    code, report = _run(tmp_path, "--reference", "stability")
+    assert code == 0
+    points = {b["point"]: b for b in report["behaviours"]}
+    assert set(points) == {"t5_length", "t5_truncate", "schedule", "uncond_first", "round_latents", "all"}
+    assert points["uncond_first"]["max_rel"] < 1e-5  # batch order: the same result
+    assert points["t5_length"]["max_rel"] > 1e-3  # T5 attends over its padding: a different result
+
+
+def test_bfloat16_drift_is_reported_not_hidden(tmp_path):
+    code, report = _run(tmp_path, "--dtype", "bfloat16", "--fail-above", "1e-3")
+    assert code == 1
+    assert report["setup"]["dtype"] == "bfloat16" and report["first_above_threshold"] is not None
