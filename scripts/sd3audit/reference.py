@@ -109,8 +109,11 @@ def t5_encoder(path: Path, dtype: torch.dtype):
     return _fill(model, state)
 
 
-def pipeline(files: ModelFiles, dtype: torch.dtype = torch.float32):
-    """The reference pipeline: CLIP-L padded with EOS and CLIP-G with "!", as the stabilityai repos set up."""
+def pipeline(files: ModelFiles, dtype: torch.dtype = torch.float32, parts: tuple[str, ...] = ("text", "mmdit", "vae")):
+    """The reference pipeline: CLIP-L padded with EOS and CLIP-G with "!", as the stabilityai repos set up.
+
+    `parts` leaves out the components not named (None), e.g. ("text",) to time text encoding alone.
+    """
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import PreTrainedTokenizerFast
 
@@ -122,9 +125,9 @@ def pipeline(files: ModelFiles, dtype: torch.dtype = torch.float32):
 
     eos = clip.CLIPTokenizer(files.clip_l_tokenizer).eos_id
     return StableDiffusion3Pipeline(
-        transformer=transformer(files, dtype),
+        transformer=transformer(files, dtype) if "mmdit" in parts else None,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=autoencoder(files, dtype),
+        vae=autoencoder(files, dtype) if "vae" in parts else None,
         text_encoder=clip_text(files.clip_l, clip.CLIP_L_PREFIX, dtype, "quick_gelu", eos),
         tokenizer=clip_tokenizer(files.clip_l_tokenizer, "<|endoftext|>"),
         text_encoder_2=clip_text(files.clip_g, clip.CLIP_G_PREFIX, dtype, "gelu", eos),

@@ -1,0 +1,159 @@
+"""One benchmark measurement per fresh process: ours or diffusers, on the same files.
+
+`python scripts/benchmark.py --worker '{"task": ..., "impl": ...}'` runs `measure(spec)` and prints
+one JSON line; the parent alternates implementations and compares. Peak memory is the process's
+maximum resident set size (`ru_maxrss`), which includes touched pages of memory-mapped files.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import torch
+
+PROMPT, NEGATIVE = "a photo of a cat sitting on a red chair", "blurry, low quality"
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_flops(dtype: torch.dtype, m: int = 2048, k: int = 2048, n: int = 4096) -> float:
+    """Dense matmul FLOP/s in `dtype` on this machine: the ceiling the MMDiT is measured against."""
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    seconds = timed(lambda: a @ b, 5)
+    return 2 * m * k * n / seconds
+
+
+def mmdit_flops(config, batch: int, image_tokens: int, context_tokens: int) -> float:
+    """Matmul FLOPs of one MMDiT forward (elementwise work and the embedders left out).
+
+    Per joint block over n = image + context tokens of width d: the linear layers of both streams,
+    24 d^2 per token (qkv 3, proj 1, MLP 8, times 2 for multiply-add), and the joint attention,
+    4 n^2 d; an MMDiT-X block adds its image-only attention, 8 d^2 + 4 n_img d per image token.
+    """
+    d, n = config.hidden_size, image_tokens + context_tokens
+    per_block = 24 * d * d * n + 4 * n * n * d
+    extra = len(config.x_block_self_attn_layers) * (8 * d * d * image_tokens + 4 * image_tokens**2 * d)
+    return batch * (config.depth * per_block + extra)
+
+
+def _mmdit(spec, files, dtype):
+    import mmdit
+
+    res, repeats = spec["res"], spec.get("repeats", 2)
+    start = time.perf_counter()
+    if spec["impl"] == "ours":
+        model = mmdit.load_mmdit(files.checkpoint, dtype=dtype)
+    else:
+        from sd3audit import reference
+
+        model = reference.transformer(files, dtype)
+    load = time.perf_counter() - start
+    config = mmdit.Config.from_state_dict(_our_shapes(files))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, res // 8, res // 8, generator=g).to(dtype)
+    t = torch.full((2,), 500.0)
+    y = torch.randn(2, config.adm_in_channels, generator=g).to(dtype)
+    context = torch.randn(2, 154, config.context_dim, generator=g).to(dtype)
+    with torch.inference_mode():
+        if spec["impl"] == "ours":
+            step = timed(lambda: model(x, t, y, context), repeats)
+        else:
+            step = timed(lambda: model(hidden_states=x, encoder_hidden_states=context, pooled_projections=y,
+                                       timestep=t, return_dict=False), repeats)
+    tokens = (res // 16) ** 2
+    return {"load_s": load, "step_s": step, "flops": mmdit_flops(config, 2, tokens, 154),
+            "matmul_flops_per_s": matmul_flops(dtype)}
+
+
+def _our_shapes(files):
+    import mmdit
+    from common.checkpoint import open_checkpoint
+
+    with open_checkpoint(files.checkpoint) as checkpoint:
+        return checkpoint.component(mmdit.PREFIX).shapes()
+
+
+def _vae(spec, files, dtype):
+    res = spec["res"]
+    z = torch.randn(1, 16, res // 8, res // 8, generator=torch.Generator().manual_seed(0))
+    if spec["impl"] == "ours":
+        import vae
+
+        model = vae.load_vae(files.vae, dtype=dtype)
+        decode = lambda: vae.decode_latents(model, z)  # noqa: E731
+    else:
+        from sd3audit import reference
+
+        model = reference.autoencoder(files, dtype)
+        c = model.config
+        decode = lambda: model.decode(z.to(dtype) / c.scaling_factor + c.shift_factor).sample  # noqa: E731
+    with torch.inference_mode():
+        return {"decode_s": timed(decode, spec.get("repeats", 2))}
+
+
+def _text(spec, files, dtype):
+    """Encoding the prompt and the negative prompt with loaded encoders (loading not counted)."""
+    if spec["impl"] == "ours":
+        import clip
+
+        encoder = clip.TripleTextEncoder(
+            clip.load_clip_l(files.clip_l, dtype=dtype), clip.CLIPTokenizer(files.clip_l_tokenizer),
+            clip.load_clip_g(files.clip_g, dtype=dtype), clip.CLIPTokenizer(files.clip_g_tokenizer, pad_token="!"),
+            clip.load_t5(files.t5xxl, dtype=dtype), clip.T5Tokenizer(files.t5_tokenizer, max_length=77),
+        )
+        encode = lambda: encoder.encode([PROMPT, NEGATIVE])  # noqa: E731
+    else:
+        from sd3audit import reference
+
+        pipe = reference.pipeline(files, dtype, parts=("text",))
+        encode = lambda: pipe.encode_prompt(  # noqa: E731
+            prompt=PROMPT, prompt_2=None, prompt_3=None, negative_prompt=NEGATIVE, do_classifier_free_guidance=True,
+            max_sequence_length=77, device=torch.device("cpu"),
+        )
+    with torch.inference_mode():
+        return {"encode_s": timed(encode, spec.get("repeats", 2))}
+
+
+def _pipeline(spec, files, dtype):
+    """Prompt to image: every load, text encoding, the steps and decoding, as a user runs it."""
+    res, steps = spec["res"], spec["steps"]
+    noise = torch.randn(1, 16, res // 8, res // 8, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    if spec["impl"] == "ours":
+        from sampling import StableDiffusion3
+
+        StableDiffusion3(files, dtype=dtype, device="cpu").generate(
+            [PROMPT], [NEGATIVE], height=res, width=res, steps=steps, cfg=4.0, latents=noise
+        )
+    else:
+        from sd3audit import reference
+
+        pipe = reference.pipeline(files, dtype)
+        with torch.inference_mode():
+            pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=res, width=res, num_inference_steps=steps,
+                 guidance_scale=4.0, latents=noise.to(dtype), max_sequence_length=77)
+    return {"wall_s": time.perf_counter() - start}
+
+
+TASKS = {"mmdit": _mmdit, "vae": _vae, "text": _text, "pipeline": _pipeline}
+
+
+def measure(spec: dict, files) -> dict:
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    result = TASKS[spec["task"]](spec, files, getattr(torch, spec["dtype"]))
+    return {**spec, **result, "peak_rss_bytes": peak_rss_bytes()}
