@@ -1,9 +1,14 @@
 """Reading `.safetensors` checkpoints: memory-mapped, lazily, and never by unpickling.
 
-A `TensorSource` is a read-only view of named tensors backed by an open safetensors file (read
-through `safetensors.safe_open`, which memory-maps it) or by an in-memory dict. Loaders first ask
-it for shapes, to infer a model's configuration without reading a single weight, then read the
-tensors one at a time into the target dtype, so peak memory stays near one copy of the model.
+A `TensorSource` is a read-only view of named tensors backed by an open safetensors file or by an
+in-memory dict. Loaders first ask it for shapes, to infer a model's configuration without reading
+a single weight, then read the tensors one at a time in the target dtype:
+
+- in the file's own dtype, a tensor is a copy-on-write view of the memory-mapped file
+  (`safetensors.safe_open`): no copy at all;
+- in another dtype, its bytes are read with plain file reads (through the page cache, never mapped
+  into the process) and converted, so the process holds the converted copy and one tensor in flight,
+  not the converted copy plus the file's mapped pages.
 
 The official SD3 files come in two layouts (../shared/REFERENCE.md §1): all-in-one checkpoints
 whose keys carry a prefix per component (`model.diffusion_model.`, `first_stage_model.`,
@@ -14,6 +19,7 @@ gives the view of one component with its prefix stripped.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -23,6 +29,8 @@ from safetensors import SafetensorError, safe_open
 
 from common.errors import ModelLoadingError
 
+# safetensors dtype names of the tensors this project converts.
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 # Extensions of pickle-based checkpoints. Unpickling runs arbitrary code, so we refuse them.
 _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 
@@ -40,12 +48,12 @@ class TensorSource:
         self,
         names: dict[str, str],
         shape: Callable[[str], tuple[int, ...]],
-        read: Callable[[str], torch.Tensor],
+        read: Callable[[str, torch.dtype | None], torch.Tensor],
         description: str,
     ) -> None:
         self._names = names  # visible name -> name in the underlying file or dict
         self._shape = shape
-        self._read = read
+        self._read = read  # (name, wanted dtype or None) -> tensor
         self.description = description
 
     def keys(self) -> list[str]:
@@ -64,9 +72,10 @@ class TensorSource:
         """Every visible key with its shape; reads no tensor data."""
         return {key: self.shape(key) for key in self._names}
 
-    def tensor(self, key: str) -> torch.Tensor:
+    def tensor(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor, converted to `dtype` if given (floating-point tensors only)."""
         try:
-            return self._read(self._names[key])
+            return self._read(self._names[key], dtype)
         except SafetensorError as error:
             raise ModelLoadingError(
                 f"could not read tensor '{key}' from {self.description}: {error}. The file may be "
@@ -152,11 +161,30 @@ def open_checkpoint(source: CheckpointLike) -> Iterator[TensorSource]:
         ) from error
     except OSError as error:
         raise ModelLoadingError(f"could not open checkpoint {path}: {error}") from error
-    with handle:
+    with handle, open(path, "rb") as file:
+        header_size = int.from_bytes(file.read(8), "little")
+        entries = json.loads(file.read(header_size))
+        data_start = 8 + header_size
+
+        scratch = [torch.empty(0, dtype=torch.uint8)]  # one read buffer, reused: fresh pages are costly
+
+        def read(key: str, dtype: torch.dtype | None) -> torch.Tensor:
+            stored = _DTYPES.get(entries[key]["dtype"])
+            if dtype is None or stored is None or stored == dtype or not stored.is_floating_point:
+                return handle.get_tensor(key)  # zero-copy view of the mapped file
+            begin, end = entries[key]["data_offsets"]
+            if scratch[0].numel() < end - begin:
+                scratch[0] = torch.empty(end - begin, dtype=torch.uint8)
+            raw = scratch[0][: end - begin]
+            file.seek(data_start + begin)
+            if file.readinto(raw.numpy()) != end - begin:
+                raise SafetensorError(f"tensor '{key}' runs past the end of the file")
+            return raw.view(stored).reshape(entries[key]["shape"]).to(dtype)
+
         yield TensorSource(
             {key: key for key in handle.keys()},
             shape=lambda key: tuple(handle.get_slice(key).get_shape()),
-            read=handle.get_tensor,
+            read=read,
             description=str(path),
         )
 
@@ -171,6 +199,6 @@ def _dict_source(tensors: Mapping[str, torch.Tensor]) -> TensorSource:
     return TensorSource(
         {key: key for key in tensors},
         shape=lambda key: tuple(tensors[key].shape),
-        read=lambda key: tensors[key],
+        read=lambda key, dtype: tensors[key] if dtype is None or not tensors[key].is_floating_point() else tensors[key].to(dtype),
         description="the given state dict",
     )

@@ -74,9 +74,7 @@ def load_strict(
 
     state = {}
     for ckpt, name in model_name_of.items():
-        tensor = source.tensor(ckpt)
-        target_dtype = dtype if tensor.is_floating_point() else tensor.dtype
-        state[name] = tensor.to(device=device, dtype=target_dtype)
+        state[name] = source.tensor(ckpt, dtype).to(device)  # integer tensors keep their dtype
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 

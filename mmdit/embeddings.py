@@ -26,7 +26,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rearrange(self.proj(x), "b d h w -> b (h w) d")
+        # contiguous: the rearranged view is strided, and every op downstream would inherit its layout.
+        return rearrange(self.proj(x), "b d h w -> b (h w) d").contiguous()
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
