@@ -108,8 +108,8 @@ def main(argv=None) -> int:
     for variant in {s["variant"] for s in specs}:
         files_for(variant, Path(args.cache_dir))  # write the caches before anything is timed
     results = []
-    for spec in specs:
-        for impl in ("ours", "diffusers"):
+    for index, spec in enumerate(specs):
+        for impl in ("ours", "diffusers") if index % 2 == 0 else ("diffusers", "ours"):  # neither always first
             results.append(run_worker({**spec, "impl": impl}, args.cache_dir))
             print(f"  measured {spec['task']} {spec.get('res', '')} {spec['dtype']} {impl}", file=sys.stderr, flush=True)
     out = rows(results)

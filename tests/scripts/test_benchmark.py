@@ -1,0 +1,24 @@
+"""scripts/benchmark.py on the tiny architecture: a smoke test that every measurement runs and pairs up."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_smoke(tmp_path):
+    out = tmp_path / "benchmark.json"
+    done = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "--tiny", "--quick", "--out", str(out), "--cache-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    whats = [row["what"] for row in report["table"]]
+    for expected in ("MMDiT step", "share of dense matmul", "MMDiT load to ready", "peak memory, load + one step",
+                     "text encoding", "VAE decode", "pipeline end to end", "peak memory, whole pipeline"):
+        assert any(expected in what for what in whats), expected
+    assert all(row["ours"] > 0 and row["diffusers"] > 0 for row in report["table"])
+    assert "ours/diffusers" in done.stdout
