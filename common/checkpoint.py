@@ -62,9 +62,6 @@ class TensorSource:
     def __contains__(self, key: object) -> bool:
         return key in self._names
 
-    def __len__(self) -> int:
-        return len(self._names)
-
     def shape(self, key: str) -> tuple[int, ...]:
         return self._shape(self._names[key])
 
