@@ -79,10 +79,13 @@ class StableDiffusion3:
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
         on_load: Callable[[str, nn.Module], None] | None = None,
+        compile: bool = False,
     ) -> None:
         """`on_load(name, module)` is called as each stage loads a model ("clip_l", "clip_g", "t5",
-        "mmdit", "vae"): a place for forward hooks (scripts/audit.py) or adapters."""
+        "mmdit", "vae"): a place for forward hooks (scripts/audit.py) or adapters. `compile` runs
+        the MMDiT through `torch.compile` (the first step then includes minutes of compilation)."""
         self.files = files
+        self.compile = compile
         self.on_load = on_load or (lambda name, module: None)
         self.reference = reference or Reference.named("default")
         self.device = resolve_device(device)
@@ -241,6 +244,8 @@ class StableDiffusion3:
         memory.check_fits("denoising", needed, self.device, "use --dtype bf16, a smaller --height/--width or --batch-size 1")
         model = mmdit.load_mmdit(self.files.checkpoint, dtype=self.dtype, device=self.device)
         self.on_load("mmdit", model)
+        if self.compile:
+            model = torch.compile(model)
         schedule = explicit_sigmas(sigmas) if sigmas is not None else schedule_sigmas(ref.schedule, steps, shift)
         sample = sampler(sampler_name)
         outputs = []

@@ -28,7 +28,7 @@ from sd3audit.weights import write_random, write_tiny  # noqa: E402
 from sd3audit.workers import measure  # noqa: E402
 
 
-def plan(quick: bool, tiny: bool) -> list[dict]:
+def plan(quick: bool, tiny: bool, compile_: bool = False) -> list[dict]:
     """The measurements, each to be run once for ours and once for diffusers."""
     variant = "tiny" if tiny else "3-medium"
     small, large = (32, 64) if tiny else (256, 512)
@@ -36,6 +36,9 @@ def plan(quick: bool, tiny: bool) -> list[dict]:
     if not quick:
         specs += [{"task": "mmdit", "variant": variant, "dtype": dtype, "res": large} for dtype in ("float32", "bfloat16")]
         specs += [{"task": "mmdit", "variant": "tiny" if tiny else "3.5-medium", "dtype": "bfloat16", "res": large}]
+    if compile_:  # ours compiled (its "load" includes the compilation) against diffusers eager
+        specs += [{"task": "mmdit", "variant": variant, "dtype": dtype, "res": small, "compile": True}
+                  for dtype in ("float32", "bfloat16")]
     specs += [
         {"task": "text", "variant": variant, "dtype": "float32"},
         {"task": "vae", "variant": variant, "dtype": "float32", "res": large},
@@ -61,18 +64,20 @@ def rows(results: list[dict]) -> list[tuple[str, float, float, str]]:
     out = []
     pairs = {}
     for r in results:
-        key = json.dumps({k: v for k, v in r.items() if k in ("task", "variant", "dtype", "res", "steps")}, sort_keys=True)
+        key = json.dumps({k: v for k, v in r.items() if k in ("task", "variant", "dtype", "res", "steps", "compile")}, sort_keys=True)
         pairs.setdefault(key, {})[r["impl"]] = r
     for pair in pairs.values():
         ours, ref = pair["ours"], pair["diffusers"]
         where = f"{ours['variant']} {ours['dtype']}" + (f" {ours['res']}²" if "res" in ours else "")
+        where += ", ours compiled" if ours.get("compile") else ""
         if ours["task"] == "mmdit":
             out.append((f"MMDiT step, batch 2, {where}", ours["step_s"], ref["step_s"], "s"))
             for r, name in ((ours, "ours"), (ref, "diffusers")):
                 r["efficiency"] = r["flops"] / r["step_s"] / r["matmul_flops_per_s"]
             out.append((f"  matmul FLOP/s as a share of dense matmul ({ours['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s)",
                         ours["efficiency"], ref["efficiency"], "×"))
-            out.append((f"MMDiT load to ready, {where.rsplit(' ', 1)[0]}", ours["load_s"], ref["load_s"], "s"))
+            ready = "load + compile" if ours.get("compile") else "load"
+            out.append((f"MMDiT {ready} to ready, {where}", ours["load_s"], ref["load_s"], "s"))
             out.append((f"peak memory, load + one step, {where}", ours["peak_rss_bytes"] / 2**30, ref["peak_rss_bytes"] / 2**30, "GiB"))
         elif ours["task"] == "text":
             out.append((f"text encoding (prompt + negative, T5 77), {where}", ours["encode_s"], ref["encode_s"], "s"))
@@ -96,6 +101,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="256² steps, text, VAE and a 2-step pipeline only")
     parser.add_argument("--tiny", action="store_true", help="tiny architecture: a smoke test of the script itself")
+    parser.add_argument("--compile", action="store_true", help="also time our MMDiT under torch.compile")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "sd3-from-scratch" / "audit"))
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -104,13 +110,16 @@ def main(argv=None) -> int:
         spec = json.loads(args.worker)
         print(json.dumps(measure(spec, files_for(spec["variant"], Path(args.cache_dir)))))
         return 0
-    specs = plan(args.quick, args.tiny)
+    specs = plan(args.quick, args.tiny, args.compile)
     for variant in {s["variant"] for s in specs}:
         files_for(variant, Path(args.cache_dir))  # write the caches before anything is timed
     results = []
     for index, spec in enumerate(specs):
         for impl in ("ours", "diffusers") if index % 2 == 0 else ("diffusers", "ours"):  # neither always first
-            results.append(run_worker({**spec, "impl": impl}, args.cache_dir))
+            worker_spec = {**spec, "impl": impl}
+            if impl == "diffusers":
+                worker_spec.pop("compile", None)
+            results.append({**run_worker(worker_spec, args.cache_dir), "compile": spec.get("compile", False)})
             print(f"  measured {spec['task']} {spec.get('res', '')} {spec['dtype']} {impl}", file=sys.stderr, flush=True)
     out = rows(results)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -59,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--t5-max-length", type=int, help="override the reference's T5 length")
     p.add_argument("--no-t5", action="store_true", help="zeros instead of T5 (saves ~10 GB)")
     p.add_argument("--sampler", choices=SAMPLERS, default="euler")
+    p.add_argument("--compile", action="store_true", help="torch.compile the MMDiT (slow first step)")
     p.add_argument("--latents", help="initial noise: a .safetensors file with key 'latents'")
     p.add_argument("--save-latents", help="write the final latents (before decoding) to this .safetensors file")
     for flag in ("--checkpoint", "--clip-l", "--clip-g", "--t5xxl", "--vae"):
@@ -170,7 +171,9 @@ def run(args) -> None:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     logging.getLogger(__name__).info("seed %d", seed)
 
-    sd3 = StableDiffusion3(model_files(args, args.which), reference=reference, dtype=args.dtype, device=device)
+    sd3 = StableDiffusion3(
+        model_files(args, args.which), reference=reference, dtype=args.dtype, device=device, compile=args.compile
+    )
     cfg = args.cfg_scale if args.cfg_scale is not None else v.cfg
     attention = None
     if args.use_flash_attn:
