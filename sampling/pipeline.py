@@ -276,8 +276,9 @@ class StableDiffusion3:
         height, width = latents.shape[2] * 8, latents.shape[3] * 8
         with open_checkpoint(self.files.vae) as checkpoint:
             needed = memory.weight_bytes(checkpoint.component(vae_lib.PREFIX), self.dtype)
-        needed += memory.vae_activation_bytes(batch_size if tile_size is None else 1, height if tile_size is None else 8 * tile_size,
-                                              width if tile_size is None else 8 * tile_size, self.dtype)
+        if tile_size is not None:  # activations then span one tile (of the whole batch), not the image
+            height, width = min(height, 8 * tile_size), min(width, 8 * tile_size)
+        needed += memory.vae_activation_bytes(batch_size, height, width, self.dtype)
         memory.check_fits("decoding", needed, self.device, "use --batch-size 1, --dtype bf16 or a smaller --height/--width")
         model = vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device)
         self.on_load("vae", model)
