@@ -1,6 +1,6 @@
 """SD3's text encoders, written from scratch: CLIP-L, CLIP-G, T5-XXL and their combination.
 
-    from clip import load_clip_l, load_clip_g, load_t5, CLIPTokenizer, T5Tokenizer, TripleTextEncoder
+    from sd3.clip import load_clip_l, load_clip_g, load_t5, CLIPTokenizer, T5Tokenizer, TripleTextEncoder
     encoder = TripleTextEncoder(
         load_clip_l(path), CLIPTokenizer("clip_l/tokenizer.json"),
         load_clip_g(path), CLIPTokenizer("clip_g/tokenizer.json", pad_token="!"),
@@ -12,12 +12,12 @@ Mirrors Candle's stable-diffusion-3/clip.rs. Files: `config.py`, `text_model.py`
 `loading.py`, `tokenizer.py`, `triple.py`.
 """
 
-from clip.config import CLIPConfig, T5Config
-from clip.loading import CLIP_G_PREFIX, CLIP_L_PREFIX, T5_PREFIX, load_clip_g, load_clip_l, load_t5
-from clip.t5 import T5Encoder
-from clip.text_model import CLIPTextModel
-from clip.tokenizer import CLIPTokenizer, T5Tokenizer
-from clip.triple import TripleTextEncoder
+from sd3.clip.config import CLIPConfig, T5Config
+from sd3.clip.loading import CLIP_G_PREFIX, CLIP_L_PREFIX, T5_PREFIX, load_clip_g, load_clip_l, load_t5
+from sd3.clip.t5 import T5Encoder
+from sd3.clip.text_model import CLIPTextModel
+from sd3.clip.tokenizer import CLIPTokenizer, T5Tokenizer
+from sd3.clip.triple import TripleTextEncoder
 
 __all__ = [
     "CLIPConfig",

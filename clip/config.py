@@ -10,8 +10,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from common.checkpoint import shape_lookup
-from common.errors import ConfigurationError
+from sd3.checkpoint import shape_lookup
+from sd3.errors import ConfigurationError
 
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from clip.config import CLIPConfig, T5Config
-from clip.t5 import T5Encoder
-from clip.text_model import CLIPTextModel
-from common.checkpoint import CheckpointLike, open_checkpoint
-from common.devices import resolve_device, resolve_dtype
-from common.errors import ModelLoadingError
-from common.state_dict import load_strict
+from sd3.clip.config import CLIPConfig, T5Config
+from sd3.clip.t5 import T5Encoder
+from sd3.clip.text_model import CLIPTextModel
+from sd3.checkpoint import CheckpointLike, open_checkpoint
+from sd3.devices import resolve_device, resolve_dtype
+from sd3.errors import ModelLoadingError
+from sd3.loading import load_strict
 
 CLIP_L_PREFIX = "text_encoders.clip_l.transformer."
 CLIP_G_PREFIX = "text_encoders.clip_g.transformer."

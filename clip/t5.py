@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from clip.config import T5Config
+from sd3.clip.config import T5Config
 
 
 class T5LayerNorm(nn.Module):

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from clip.config import CLIPConfig
-from common.errors import TextEncodingError
+from sd3.clip.config import CLIPConfig
+from sd3.errors import TextEncodingError
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:

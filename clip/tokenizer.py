@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from common.errors import TextEncodingError
+from sd3.errors import TextEncodingError
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clip.t5 import T5Encoder
-from clip.text_model import CLIPTextModel
-from clip.tokenizer import CLIPTokenizer, T5Tokenizer
-from common.errors import TextEncodingError
+from sd3.clip.t5 import T5Encoder
+from sd3.clip.text_model import CLIPTextModel
+from sd3.clip.tokenizer import CLIPTokenizer, T5Tokenizer
+from sd3.errors import TextEncodingError
 
 
 class TripleTextEncoder:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdit.attention import Attention, attention
+from sd3.mmdit.attention import Attention, attention
 
 
 def layer_norm(x: torch.Tensor) -> torch.Tensor:

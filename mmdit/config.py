@@ -14,8 +14,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.checkpoint import shape_lookup
-from common.errors import ConfigurationError, ModelLoadingError
+from sd3.checkpoint import shape_lookup
+from sd3.errors import ConfigurationError, ModelLoadingError
 
 _BLOCK = re.compile(r"^joint_blocks\.(\d+)\.")
 

@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from common.errors import ConfigurationError
+from sd3.errors import ConfigurationError
 
 
 class PatchEmbed(nn.Module):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from common.checkpoint import CheckpointLike, open_checkpoint
-from common.devices import resolve_device, resolve_dtype
-from common.state_dict import load_strict
-from mmdit.config import Config
-from mmdit.model import MMDiT
+from sd3.checkpoint import CheckpointLike, open_checkpoint
+from sd3.devices import resolve_device, resolve_dtype
+from sd3.loading import load_strict
+from sd3.mmdit.config import Config
+from sd3.mmdit.model import MMDiT
 
 PREFIX = "model.diffusion_model."
 

@@ -16,10 +16,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from common.errors import ConfigurationError
-from mmdit.blocks import FinalLayer, JointBlock
-from mmdit.config import Config
-from mmdit.embeddings import PatchEmbed, TimestepEmbedder, VectorEmbedder, cropped_pos_embed
+from sd3.errors import ConfigurationError
+from sd3.mmdit.blocks import FinalLayer, JointBlock
+from sd3.mmdit.config import Config
+from sd3.mmdit.embeddings import PatchEmbed, TimestepEmbedder, VectorEmbedder, cropped_pos_embed
 
 
 class MMDiT(nn.Module):

@@ -1,28 +1,36 @@
-"""Sampling: flow-matching schedules, CFG and SLG, Euler and DPM++(2M), and the text-to-image pipeline.
+"""Sampling and the pipeline: flow-matching schedules, CFG and SLG, the samplers, and text to image.
 
 Mirrors Candle's stable-diffusion-3/sampling.rs and main.rs. Files: `schedules.py`, `guidance.py`,
 `samplers.py`, `noise.py`, `reference.py` (the Candle / Stability / diffusers switch),
-`variants.py`, `hub.py`, `memory.py`, `pipeline.py`.
+`variants.py`, `hub.py` (where the files come from), `options.py` (one call's checked settings),
+`memory.py` (the memory check), `residency.py` (which models stay loaded), `pipeline.py`.
 """
 
-from sampling.guidance import Conditioning, GuidedVelocity, SkipLayerGuidanceConfig
-from sampling.noise import initial_noise
-from sampling.pipeline import GenerationResult, ModelFiles, StableDiffusion3
-from sampling.reference import REFERENCES, Reference
-from sampling.samplers import SAMPLERS, dpmpp_2m, euler
-from sampling.schedules import SCHEDULES, explicit_sigmas, sigmas, time_snr_shift
-from sampling.variants import TOKENIZERS, VARIANTS, Variant, variant
+from sd3.sampling.guidance import Conditioning, GuidedVelocity, SkipLayerGuidanceConfig
+from sd3.sampling.hub import FILE_NAMES, ModelFiles, model_files
+from sd3.sampling.noise import initial_noise
+from sd3.sampling.options import GenerationOptions
+from sd3.sampling.pipeline import GenerationResult, StableDiffusion3
+from sd3.sampling.reference import REFERENCES, Reference
+from sd3.sampling.residency import KEEP
+from sd3.sampling.samplers import SAMPLERS, dpmpp_2m, euler
+from sd3.sampling.schedules import SCHEDULES, explicit_sigmas, sigmas, time_snr_shift
+from sd3.sampling.variants import TOKENIZERS, VARIANTS, Variant, variant
 
 __all__ = [
     "Conditioning",
     "GuidedVelocity",
     "SkipLayerGuidanceConfig",
-    "initial_noise",
-    "GenerationResult",
+    "FILE_NAMES",
     "ModelFiles",
+    "model_files",
+    "initial_noise",
+    "GenerationOptions",
+    "GenerationResult",
     "StableDiffusion3",
     "REFERENCES",
     "Reference",
+    "KEEP",
     "SAMPLERS",
     "dpmpp_2m",
     "euler",

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from common.errors import ConfigurationError
-from mmdit.model import MMDiT
+from sd3.errors import ConfigurationError
+from sd3.mmdit.model import MMDiT
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from common.checkpoint import TensorSource
-from common.errors import DeviceError
+from sd3.checkpoint import TensorSource
+from sd3.errors import DeviceError
 
 GIB = 2**30
 

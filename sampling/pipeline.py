@@ -1,54 +1,45 @@
-"""Text to image, stage by stage as Candle's main.rs: encode the prompts, free the encoders,
-denoise, free the MMDiT, decode. Peak memory is the largest stage, not the sum of them.
+"""Text to image in three stages, as Candle's main.rs: encode the prompts, denoise, decode.
 
-    from sampling import StableDiffusion3, ModelFiles, Reference
-    sd3 = StableDiffusion3(files, reference=Reference.named("default"))
-    result = sd3.generate(["a photo of a cat"], height=1024, width=1024, steps=28, cfg=4.0, seed=0)
+    import sd3
+    pipe = sd3.StableDiffusion3.from_variant("3.5-medium")          # files from the Hub cache
+    result = pipe.generate(["a photo of a cat"], seed=0)             # the variant's steps and cfg
     result.images[0].save("cat.png")
+
+Models are loaded on first use and kept or freed between stages and calls by the `keep` policy
+(sampling/residency.py): a notebook loop loads each model once, and a small machine still runs
+one stage at a time. Before each load, the memory check refuses, with advice, a stage that cannot fit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import nn
+from tqdm.auto import tqdm
 
-import clip
-import mmdit
-import vae as vae_lib
-from common.checkpoint import open_checkpoint
-from common.devices import resolve_device, resolve_dtype
-from common.errors import ConfigurationError, SamplingError
-from sampling import memory
-from sampling.guidance import Conditioning, GuidedVelocity, SkipLayerGuidanceConfig
-from sampling.noise import initial_noise
-from sampling.reference import Reference
-from sampling.samplers import StepCallback, sampler
-from sampling.schedules import explicit_sigmas, sigmas as schedule_sigmas
+from sd3 import clip, mmdit
+from sd3 import vae as vae_lib
+from sd3.checkpoint import open_checkpoint
+from sd3.devices import default_dtype, describe, resolve_device, resolve_dtype
+from sd3.errors import ConfigurationError, SamplingError
+from sd3.sampling import memory
+from sd3.sampling.guidance import Conditioning, GuidedVelocity, SkipLayerGuidanceConfig
+from sd3.sampling.hub import ModelFiles, model_files
+from sd3.sampling.noise import initial_noise
+from sd3.sampling.options import GenerationOptions
+from sd3.sampling.reference import Reference
+from sd3.sampling.residency import ResidentModels, check_keep
+from sd3.sampling.samplers import StepCallback, sampler
+from sd3.sampling.variants import Variant, variant as variant_named
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """Local paths of every file a generation reads (all-in-one files may appear several times)."""
-
-    checkpoint: Path  # the MMDiT
-    clip_l: Path
-    clip_g: Path
-    t5xxl: Path | None  # None: run without T5 (zeros in its place)
-    vae: Path
-    clip_l_tokenizer: Path
-    clip_g_tokenizer: Path
-    t5_tokenizer: Path | None
+TEXT_ENCODERS = ("clip_l", "clip_g", "t5")
 
 
 @dataclass
@@ -57,236 +48,341 @@ class GenerationResult:
     latents: torch.Tensor  # final model-space latents (n, 16, h, w), float32, before decoding
     seeds: list[int]
     prompts: list[str]
-    denoise_seconds: float = 0.0
-    steps: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    negative_prompts: list[str]
+    steps: int  # denoising steps per image (the schedule's length minus one)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: load, encode, denoise, decode
 
 
 class StableDiffusion3:
-    """The whole pipeline over local files; every stage loads its model, runs, and frees it."""
+    """The whole pipeline over local files, keeping its models loaded as `keep` says."""
 
     def __init__(
         self,
         files: ModelFiles,
         *,
-        reference: Reference | None = None,
+        variant: str | Variant | None = None,
+        reference: str | Reference | None = None,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
+        keep: str = "auto",
         on_load: Callable[[str, nn.Module], None] | None = None,
         compile: bool = False,
     ) -> None:
-        """`on_load(name, module)` is called as each stage loads a model ("clip_l", "clip_g", "t5",
-        "mmdit", "vae"): a place for forward hooks (scripts/audit.py) or adapters. `compile` runs
-        the MMDiT through `torch.compile` (the first step then includes minutes of compilation)."""
-        self.files = files
-        self.compile = compile
-        self.on_load = on_load or (lambda name, module: None)
-        self.reference = reference or Reference.named("default")
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype or ("bfloat16" if self.device.type == "cuda" else "float32"))
-        if self.device.type == "cuda":
-            props = torch.cuda.get_device_properties(self.device)
-            logger.info(
-                "device %s: %s, %.1f GiB, bf16 %s", self.device, props.name, props.total_memory / 2**30,
-                "supported" if torch.cuda.is_bf16_supported() else "not supported",
-            )
-        else:
-            logger.info("device %s, %d threads", self.device, torch.get_num_threads())
-        with open_checkpoint(files.checkpoint) as checkpoint:
-            tensors = checkpoint.component(mmdit.PREFIX)
-            self.mmdit_config = mmdit.Config.from_state_dict(tensors.shapes())
-            self._mmdit_bytes = memory.weight_bytes(tensors, self.dtype)
+        """Most callers want `from_variant`; this builds a pipeline from files already on disk.
 
+        Args:
+            variant: whose defaults `generate()` uses (steps, cfg, shift, SLG). None: `generate()`
+                then needs `steps` and `cfg`.
+            reference: whose behaviour to reproduce where Candle, Stability and diffusers differ
+                ("default", "candle", "stability", "diffusers", or a `Reference`).
+            dtype: the compute dtype; default bfloat16 on CUDA, float16 on MPS, float32 on the CPU.
+            device: default CUDA, then MPS, then the CPU.
+            keep: "auto", "all" or "stage" (sampling/residency.py).
+            on_load: `on_load(name, module)` once per actual load ("clip_l", "clip_g", "t5",
+                "mmdit", "vae"): a place for forward hooks or adapters.
+            compile: run the MMDiT through `torch.compile` (the first step then includes compilation).
+        """
+        self.files = files
+        self.variant = variant_named(variant) if variant is not None else None
+        self.reference = Reference.named(reference or "default")
+        self.keep = check_keep(keep)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype) if dtype is not None else default_dtype(self.device)
+        self.compile = compile
+        logger.info("%s, %s", describe(self.device), str(self.dtype).removeprefix("torch."))
+        self.models = ResidentModels(self.device, on_load)
+        self._tokenizers: dict[str, object] = {}
+        self._weight_bytes = self._measure_weights()
+        with open_checkpoint(files.checkpoint) as checkpoint:
+            self.mmdit_config = mmdit.Config.from_state_dict(checkpoint.component(mmdit.PREFIX).shapes())
+
+    @classmethod
+    def from_variant(
+        cls,
+        which: str,
+        *,
+        files: Mapping[str, str | None] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        keep: str = "auto",
+        reference: str | Reference | None = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        on_load: Callable[[str, nn.Module], None] | None = None,
+        compile: bool = False,
+    ) -> StableDiffusion3:
+        """A pipeline for one of the four variants, its files from the Hub cache (downloaded once).
+
+        Args:
+            which: "3-medium", "3.5-large", "3.5-large-turbo" or "3.5-medium".
+            files: local files overriding the Hub's, by name: `checkpoint`, `clip_l`, `clip_g`,
+                `t5xxl`, `vae`, `clip_l_tokenizer`, `clip_g_tokenizer`, `t5_tokenizer`.
+                `{"t5xxl": None}` runs without T5 (zeros in its place; saves ~10 GB).
+            device, dtype, keep, reference, on_load, compile: as for the constructor.
+            revision, cache_dir: the Hub revision of the model repositories and the cache folder.
+
+        `generate()` then defaults to the variant's settings (Candle's): 28 steps at cfg 4.0, or 4
+        steps at cfg 1.0 for 3.5-large-turbo, shift 3.0; `slg=True` turns on 3.5-medium's
+        skip-layer guidance (scale 2.5 on blocks 7-9, steps in (1 %, 20 %)).
+        The gated stabilityai repositories need an accepted licence and HF_TOKEN.
+        """
+        chosen = variant_named(which)  # every argument is checked before anything is downloaded
+        Reference.named(reference or "default")
+        check_keep(keep)
+        resolve_device(device)
+        if dtype is not None:
+            resolve_dtype(dtype)
+        resolved = model_files(chosen, files, revision=revision, cache_dir=cache_dir)
+        return cls(resolved, variant=chosen, reference=reference, dtype=dtype, device=device, keep=keep,
+                   on_load=on_load, compile=compile)
+
+    # -- residency -------------------------------------------------------------------------------
+    def unload(self) -> None:
+        """Free every loaded model; the next `generate()` loads what it needs again."""
+        self.models.release()
+
+    def __enter__(self) -> StableDiffusion3:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unload()
+
+    def _measure_weights(self) -> dict[str, int]:
+        """Bytes of each model in the compute dtype, read off the files' headers (no weight is read)."""
+        f = self.files
+        parts = {"clip_l": (f.clip_l, clip.CLIP_L_PREFIX), "clip_g": (f.clip_g, clip.CLIP_G_PREFIX),
+                 "t5": (f.t5xxl, clip.T5_PREFIX), "mmdit": (f.checkpoint, mmdit.PREFIX), "vae": (f.vae, vae_lib.PREFIX)}
+        sizes = {}
+        for name, (path, prefix) in parts.items():
+            if path is not None:
+                with open_checkpoint(path) as checkpoint:
+                    sizes[name] = memory.weight_bytes(checkpoint.component(prefix), self.dtype)
+        return sizes
+
+    def _activation_bytes(self, options: GenerationOptions, context_tokens: int) -> dict[str, int]:
+        cfg_batch = 2 if (options.cfg != 1.0 or self.reference.uncond_at_cfg_one) else 1
+        tokens = context_tokens + (options.height // 16) * (options.width // 16)
+        height, width = options.height, options.width
+        if options.tile_size is not None:  # activations then span one tile (of the whole batch)
+            height, width = min(height, 8 * options.tile_size), min(width, 8 * options.tile_size)
+        return {
+            "text": 0,
+            "mmdit": memory.mmdit_activation_bytes(cfg_batch * options.batch_size, tokens,
+                                                   self.mmdit_config.hidden_size, self.dtype),
+            "vae": memory.vae_activation_bytes(options.batch_size, height, width, self.dtype),
+        }
+
+    def _stays_resident(self, activations: dict[str, int]) -> bool:
+        """This call's policy: keep models after their stage (True) or free them (False)."""
+        if self.keep != "auto":
+            return self.keep == "all"
+        to_load = sum(size for name, size in self._weight_bytes.items() if name not in self.models)
+        free = memory.available_bytes(self.device)
+        return free is not None and to_load + max(activations.values()) <= free
+
+    def _check_stage(self, stage: str, names: Sequence[str], activation: int, advice: str) -> None:
+        needed = sum(self._weight_bytes.get(n, 0) for n in names if n not in self.models) + activation
+        memory.check_fits(stage, needed, self.device, advice)
+
+    # -- the call --------------------------------------------------------------------------------
     def check_size(self, height: int, width: int) -> None:
-        """Raise ConfigurationError unless both sides are positive multiples of 16 within the position table."""
+        """Raise ConfigurationError unless both sides fit this checkpoint's position table."""
         limit = self.mmdit_config.max_image_size
         for name, side in (("height", height), ("width", width)):
-            if side < 16 or side % 16:
-                raise ConfigurationError(f"{name} must be a positive multiple of 16, got {side}")
             if side > limit:
-                raise ConfigurationError(f"{name} {side} exceeds this checkpoint's limit of {limit} pixels (its position table)")
+                raise ConfigurationError(f"`{name}` {side} exceeds this checkpoint's limit of {limit} pixels (its position table)")
 
     def generate(
         self,
-        prompts: list[str],
-        negative_prompts: list[str] | None = None,
+        prompts: str | Sequence[str],
+        negative_prompts: str | Sequence[str] | None = None,
         *,
         height: int = 1024,
         width: int = 1024,
-        steps: int = 28,
-        cfg: float = 4.0,
-        shift: float = 3.0,
+        steps: int | None = None,
+        cfg: float | None = None,
+        shift: float | None = None,
         seed: int = 0,
         num_images: int = 1,
         batch_size: int = 1,
-        slg: SkipLayerGuidanceConfig | None = None,
+        slg: SkipLayerGuidanceConfig | bool | None = None,
         sampler_name: str = "euler",
-        sigmas: list[float] | None = None,
+        sigmas: Sequence[float] | None = None,
         latents: torch.Tensor | None = None,
         tile_size: int | None = None,
         on_step: StepCallback | None = None,
         attention_backend=None,
+        quiet: bool = False,
     ) -> GenerationResult:
         """Generate `num_images` images for each prompt; image k (counting across prompts) uses seed + k.
 
         Args:
-            negative_prompts: one per prompt (or None for ""), used as the unconditional prompt.
-            sigmas: an explicit schedule (overrides steps, shift and the reference's schedule).
+            negative_prompts: one per prompt (or one for all; None for ""), the unconditional prompt.
+            steps, cfg, shift: default to the variant's.
+            slg: skip-layer guidance: True for the variant's settings, or explicit settings.
+            sampler_name: "euler" (Candle, diffusers) or "dpmpp_2m" (Stability).
+            sigmas: an explicit schedule, from at most 1 down to 0 (overrides steps and shift).
             latents: initial noise (n, 16, h/8, w/8) or (1, ...) for every image, instead of seeds.
             tile_size: decode in tiles of this many latent pixels.
+            on_step: `on_step(step, steps, latents)` after every step.
             attention_backend: a context manager around denoising (e.g. torch's `sdpa_kernel`).
+            quiet: no progress bar.
         """
-        if steps < 1 and sigmas is None:
-            raise ConfigurationError(f"the number of steps must be at least 1, got {steps}")
-        if num_images < 1 or batch_size < 1:
-            raise ConfigurationError("--num-images and --batch-size must be at least 1")
+        options = GenerationOptions.resolve(
+            self.variant, self.reference, height=height, width=width, steps=steps, cfg=cfg, shift=shift, seed=seed,
+            num_images=num_images, batch_size=batch_size, slg=slg, sampler=sampler_name,
+            sigmas=list(sigmas) if sigmas is not None else None, tile_size=tile_size,
+        )
         self.check_size(height, width)
-        negative_prompts = negative_prompts or [""] * len(prompts)
-        if len(negative_prompts) != len(prompts):
-            raise ConfigurationError(f"{len(prompts)} prompts but {len(negative_prompts)} negative prompts")
+        prompts, negative_prompts = _prompt_lists(prompts, negative_prompts)
         per_image = [i for i in range(len(prompts)) for _ in range(num_images)]
         seeds = [seed + k for k in range(len(per_image))]
-        shape = (16, height // 8, width // 8)
-        if latents is None:
-            noise = initial_noise(seeds, *shape)
-        elif tuple(latents.shape[1:]) != shape or latents.shape[0] not in (1, len(per_image)):
-            raise ConfigurationError(
-                f"initial latents must be (1 or {len(per_image)}, {shape[0]}, {shape[1]}, {shape[2]}) for a "
-                f"{width}x{height} image, got {tuple(latents.shape)}"
-            )
-        else:
-            noise = latents.float().expand(len(per_image), *shape)
+        noise = self._initial_noise(latents, seeds, options)
+        timings = {"load": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0}
+        activations = self._activation_bytes(options, self._context_tokens())
+        staged = not self._stays_resident(activations)
+        if staged:
+            self.models.release()  # a staged call starts with nothing loaded
 
-        timings = {}
-        start = time.perf_counter()
-        context, y = self.encode(list(prompts) + list(negative_prompts))
-        n = len(prompts)
-        index = torch.tensor(per_image)
+        context, y = self._encode(list(prompts) + list(negative_prompts), staged, timings)
+        n, index = len(prompts), torch.tensor(per_image)
         cond = Conditioning(context[:n][index], y[:n][index], context[n:][index], y[n:][index])
-        timings["encode"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        final = self.denoise(
-            cond, noise, steps=steps, cfg=cfg, shift=shift, slg=slg, sampler_name=sampler_name, sigmas=sigmas,
-            batch_size=batch_size, on_step=on_step, attention_backend=attention_backend,
-        )
-        timings["denoise"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        images = self.decode(final, batch_size, tile_size=tile_size)
-        timings["decode"] = time.perf_counter() - start
-        actual_steps = len(sigmas) if sigmas is not None else steps
+        final = self._denoise(cond, noise, options, staged, timings, activations["mmdit"], on_step,
+                              attention_backend, quiet)
+        images = self._decode(final, options, staged, timings, activations["vae"])
         return GenerationResult(
-            images, final.cpu(), seeds, [prompts[i] for i in per_image], timings["denoise"], actual_steps, timings
+            images=images, latents=final.cpu(), seeds=seeds, prompts=[prompts[i] for i in per_image],
+            negative_prompts=[negative_prompts[i] for i in per_image], steps=options.steps, timings=timings,
         )
 
-    # -- stage 1 ---------------------------------------------------------------------------------
-    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts -> (context (n, l, 4096), y (n, 2048)); the encoders are freed afterwards."""
+    def _initial_noise(self, latents: torch.Tensor | None, seeds: list[int], options: GenerationOptions) -> torch.Tensor:
+        shape = (16, options.height // 8, options.width // 8)
+        if latents is None:
+            return initial_noise(seeds, *shape)
+        if tuple(latents.shape[1:]) != shape or latents.shape[0] not in (1, len(seeds)):
+            raise ConfigurationError(
+                f"initial `latents` must be (1 or {len(seeds)}, {shape[0]}, {shape[1]}, {shape[2]}) for a "
+                f"{options.width}x{options.height} image, got {tuple(latents.shape)}"
+            )
+        return latents.float().expand(len(seeds), *shape)
+
+    def _context_tokens(self) -> int:
+        t5 = 0 if self.files.t5xxl is None else self.reference.t5_length
+        return 77 + t5
+
+    def _load(self, name: str, load: Callable[[], nn.Module], timings: dict, prepare=None) -> nn.Module:
+        start = time.perf_counter()
+        module = self.models.get(name, load, prepare)
+        timings["load"] += time.perf_counter() - start
+        return module
+
+    # -- stage 1: text ---------------------------------------------------------------------------
+    def _text_encoder(self, timings: dict) -> clip.TripleTextEncoder:
         ref, files, dtype, device = self.reference, self.files, self.dtype, self.device
-        needed = 0
-        for path, prefix in ((files.clip_l, clip.CLIP_L_PREFIX), (files.clip_g, clip.CLIP_G_PREFIX), (files.t5xxl, clip.T5_PREFIX)):
-            if path is not None:
-                with open_checkpoint(path) as checkpoint:
-                    needed += memory.weight_bytes(checkpoint.component(prefix), dtype)
-        memory.check_fits("text encoding", needed, device, "use --dtype bf16 or --no-t5 (saves ~10 GB), or --cpu")
-        clip_l = clip.load_clip_l(files.clip_l, dtype=dtype, device=device)
-        clip_g = clip.load_clip_g(files.clip_g, dtype=dtype, device=device, hidden_act=ref.clip_g_gelu)
-        t5 = clip.load_t5(files.t5xxl, dtype=dtype, device=device) if files.t5xxl else None
-        for name, module in (("clip_l", clip_l), ("clip_g", clip_g), ("t5", t5)):
-            if module is not None:
-                self.on_load(name, module)
-        encoder = clip.TripleTextEncoder(
-            clip_l,
-            clip.CLIPTokenizer(files.clip_l_tokenizer, pad_token=ref.clip_l_pad),
-            clip_g,
-            clip.CLIPTokenizer(files.clip_g_tokenizer, pad_token=ref.clip_g_pad),
-            t5,
-            clip.T5Tokenizer(files.t5_tokenizer, max_length=ref.t5_length, truncate=ref.t5_truncate)
-            if files.t5xxl
-            else None,
-            t5_length=ref.t5_length,
-            context_dim=self.mmdit_config.context_dim,
-        )
+        self._check_stage("text encoding", TEXT_ENCODERS, 0,
+                          'use `dtype="bfloat16"` or `files["t5xxl"]=None` (saves ~10 GB), or `device="cpu"`')
+        clip_l = self._load("clip_l", lambda: clip.load_clip_l(files.clip_l, dtype=dtype, device=device), timings)
+        clip_g = self._load("clip_g", lambda: clip.load_clip_g(
+            files.clip_g, dtype=dtype, device=device, hidden_act=ref.clip_g_gelu), timings)
+        t5 = None
+        if files.t5xxl is not None:
+            t5 = self._load("t5", lambda: clip.load_t5(files.t5xxl, dtype=dtype, device=device), timings)
+        if not self._tokenizers:
+            self._tokenizers = {
+                "clip_l": clip.CLIPTokenizer(files.clip_l_tokenizer, pad_token=ref.clip_l_pad),
+                "clip_g": clip.CLIPTokenizer(files.clip_g_tokenizer, pad_token=ref.clip_g_pad),
+                "t5": clip.T5Tokenizer(files.t5_tokenizer, max_length=ref.t5_length, truncate=ref.t5_truncate)
+                if files.t5xxl is not None else None,
+            }
+        tok = self._tokenizers
+        return clip.TripleTextEncoder(clip_l, tok["clip_l"], clip_g, tok["clip_g"], t5, tok["t5"],
+                                      t5_length=ref.t5_length, context_dim=self.mmdit_config.context_dim)
+
+    def _encode(self, prompts: list[str], staged: bool, timings: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> (context (n, l, 4096), y (n, 2048))."""
+        encoder = self._text_encoder(timings)
+        start = time.perf_counter()
         context, y = encoder.encode(prompts)
-        del encoder, clip_l, clip_g, t5
-        _free(device)
+        timings["encode"] += time.perf_counter() - start
+        del encoder
+        if staged:
+            self.models.release(*TEXT_ENCODERS)
         return context, y
 
-    # -- stage 2 ---------------------------------------------------------------------------------
-    def denoise(
-        self,
-        cond: Conditioning,
-        noise: torch.Tensor,
-        *,
-        steps: int,
-        cfg: float,
-        shift: float,
-        slg: SkipLayerGuidanceConfig | None,
-        sampler_name: str,
-        sigmas: list[float] | None,
-        batch_size: int,
-        on_step: StepCallback | None = None,
-        attention_backend=None,
+    # -- stage 2: denoising ----------------------------------------------------------------------
+    def _denoise(
+        self, cond: Conditioning, noise: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict,
+        activation: int, on_step: StepCallback | None, attention_backend, quiet: bool,
     ) -> torch.Tensor:
-        """Noise (n, 16, h, w) -> final latents (n, 16, h, w) float32, in batches; the MMDiT is freed afterwards."""
-        ref, cfg_batch = self.reference, 2 if (cfg != 1.0 or self.reference.uncond_at_cfg_one) else 1
-        tokens = cond.context.shape[1] + (noise.shape[2] // 2) * (noise.shape[3] // 2)
-        needed = self._mmdit_bytes + memory.mmdit_activation_bytes(
-            cfg_batch * batch_size, tokens, self.mmdit_config.hidden_size, self.dtype
-        )
-        memory.check_fits("denoising", needed, self.device, "use --dtype bf16, a smaller --height/--width or --batch-size 1")
-        model = mmdit.load_mmdit(self.files.checkpoint, dtype=self.dtype, device=self.device)
-        self.on_load("mmdit", model)
-        if self.compile:
-            model = torch.compile(model)
-        schedule = explicit_sigmas(sigmas) if sigmas is not None else schedule_sigmas(ref.schedule, steps, shift)
-        sample = sampler(sampler_name)
+        """Noise (n, 16, h, w) -> final latents (n, 16, h, w) float32, in batches."""
+        self._check_stage("denoising", ("mmdit",), activation,
+                          'use `dtype="bfloat16"`, a smaller `height`/`width` or `batch_size=1`')
+        prepare = torch.compile if self.compile else None
+        model = self._load("mmdit", lambda: mmdit.load_mmdit(self.files.checkpoint, dtype=self.dtype, device=self.device),
+                           timings, prepare)
+        ref, schedule, sample = self.reference, options.schedule.to(self.device), sampler(options.sampler)
+        batches = range(0, noise.shape[0], options.batch_size)
+        bar = tqdm(total=options.steps * len(batches), desc="denoising", unit="step", disable=quiet, leave=False)
+
+        def after_step(step: int, steps: int, x: torch.Tensor) -> None:
+            bar.update()
+            if on_step is not None:
+                on_step(step, steps, x)
+
         outputs = []
-        with torch.no_grad(), attention_backend or contextlib.nullcontext():
-            for start in range(0, noise.shape[0], batch_size):
-                part = slice(start, start + batch_size)
+        start = time.perf_counter()
+        with torch.no_grad(), attention_backend or contextlib.nullcontext(), bar:
+            for first in batches:
+                part = slice(first, first + options.batch_size)
                 batch_cond = Conditioning(*(t[part] for t in (cond.context, cond.y, cond.negative_context, cond.negative_y)))
                 velocity = GuidedVelocity(
-                    model, batch_cond, cfg=cfg, slg=slg, steps=len(schedule) - 1,
+                    model, batch_cond, cfg=options.cfg, slg=options.slg, steps=options.steps,
                     uncond_first=ref.uncond_first, uncond_at_cfg_one=ref.uncond_at_cfg_one,
                 )
                 x = noise[part].to(self.device, torch.float32)
                 round_to = self.dtype if ref.round_latents else None
-                outputs.append(sample(velocity, x, schedule.to(self.device), round_to=round_to, on_step=on_step))
+                outputs.append(sample(velocity, x, schedule, round_to=round_to, on_step=after_step))
+        timings["denoise"] += time.perf_counter() - start
         del model
-        _free(self.device)
+        if staged:
+            self.models.release("mmdit")
         latents = torch.cat(outputs)
         if not torch.isfinite(latents).all():
             raise SamplingError(
                 "the latents contain NaN or inf; the usual cause is float16 overflow (in T5 or the MMDiT): "
-                "use --dtype bf16 or float32"
+                'use `dtype="bfloat16"` or `dtype="float32"`'
             )
         return latents
 
-    # -- stage 3 ---------------------------------------------------------------------------------
-    def decode(self, latents: torch.Tensor, batch_size: int, tile_size: int | None = None) -> list[Image.Image]:
-        """Model-space latents (n, 16, h, w) -> n PIL images; the VAE is freed afterwards."""
-        height, width = latents.shape[2] * 8, latents.shape[3] * 8
-        with open_checkpoint(self.files.vae) as checkpoint:
-            needed = memory.weight_bytes(checkpoint.component(vae_lib.PREFIX), self.dtype)
-        if tile_size is not None:  # activations then span one tile (of the whole batch), not the image
-            height, width = min(height, 8 * tile_size), min(width, 8 * tile_size)
-        needed += memory.vae_activation_bytes(batch_size, height, width, self.dtype)
-        memory.check_fits("decoding", needed, self.device, "use --batch-size 1, --dtype bf16 or a smaller --height/--width")
-        model = vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device)
-        self.on_load("vae", model)
+    # -- stage 3: decoding -----------------------------------------------------------------------
+    def _decode(
+        self, latents: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict, activation: int
+    ) -> list[Image.Image]:
+        """Model-space latents (n, 16, h, w) -> n PIL images."""
+        self._check_stage("decoding", ("vae",), activation,
+                          'use `batch_size=1`, `dtype="bfloat16"` or a smaller `height`/`width`')
+        model = self._load("vae", lambda: vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device), timings)
         images = []
+        start = time.perf_counter()
         with torch.no_grad():
-            for start in range(0, latents.shape[0], batch_size):
-                decoded = vae_lib.decode_latents(model, latents[start : start + batch_size].to(self.device), tile_size=tile_size)
-                images += vae_lib.to_pil(decoded)
+            for first in range(0, latents.shape[0], options.batch_size):
+                part = latents[first : first + options.batch_size].to(self.device)
+                images += vae_lib.to_pil(vae_lib.decode_latents(model, part, tile_size=options.tile_size))
+        timings["decode"] += time.perf_counter() - start
         del model
-        _free(self.device)
+        if staged:
+            self.models.release("vae")
         return images
+
+
+def _prompt_lists(prompts, negative_prompts) -> tuple[list[str], list[str]]:
+    """(prompts, one negative prompt per prompt) from a string or a list of strings each."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ConfigurationError("`prompts` must be a string or a non-empty list of strings")
+    if negative_prompts is None or isinstance(negative_prompts, str):
+        return prompts, [negative_prompts or ""] * len(prompts)
+    negative_prompts = list(negative_prompts)
+    if len(negative_prompts) != len(prompts) or not all(isinstance(p, str) for p in negative_prompts):
+        raise ConfigurationError(f"{len(prompts)} `prompts` but {len(negative_prompts)} `negative_prompts`")
+    return prompts, negative_prompts

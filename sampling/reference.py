@@ -1,6 +1,6 @@
 """The `reference` switch: every point where Candle, Stability and diffusers disagree, set at once.
 
-../shared/REFERENCE.md §6 lists the points. `Reference.named("candle")` etc. set all of them to one
+docs/reference.md §6 lists the points. `Reference.named("candle")` etc. set all of them to one
 implementation's behaviour; `dataclasses.replace` (or the command line's individual options)
 overrides single points.
 
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.errors import ConfigurationError
+from sd3.errors import ConfigurationError
 
 EOS = "<|endoftext|>"
 
 
 @dataclass(frozen=True)
 class Reference:
-    """How one implementation conditions and samples (names as in REFERENCE.md §6)."""
+    """How one implementation conditions and samples (names as in docs/reference.md §6)."""
 
     name: str
     clip_l_pad: str = EOS  # CLIP-L pad token
@@ -38,18 +38,18 @@ class Reference:
     round_latents: bool = False  # round latents to the model dtype after every step
 
     @classmethod
-    def named(cls, name: str) -> Reference:
-        presets = {
-            "default": cls("default"),
-            "candle": cls(
-                "candle", clip_l_pad="!", clip_g_gelu="gelu_tanh", uncond_at_cfg_one=True, round_latents=True
-            ),
-            "stability": cls("stability", t5_truncate=False, schedule="stability", uncond_at_cfg_one=True),
-            "diffusers": cls("diffusers", t5_length=256, schedule="diffusers", uncond_first=True, round_latents=True),
-        }
-        if name not in presets:
-            raise ConfigurationError(f"unknown reference '{name}'; choose one of {', '.join(presets)}")
-        return presets[name]
+    def named(cls, name: str | Reference) -> Reference:
+        """The preset `name` ("default", "candle", "stability", "diffusers"); a Reference as it is."""
+        if isinstance(name, Reference):
+            return name
+        if name not in REFERENCES:
+            raise ConfigurationError(f"unknown `reference` '{name}'; choose one of {', '.join(REFERENCES)}")
+        return REFERENCES[name]
 
 
-REFERENCES = ("default", "candle", "stability", "diffusers")
+REFERENCES = {
+    "default": Reference("default"),
+    "candle": Reference("candle", clip_l_pad="!", clip_g_gelu="gelu_tanh", uncond_at_cfg_one=True, round_latents=True),
+    "stability": Reference("stability", t5_truncate=False, schedule="stability", uncond_at_cfg_one=True),
+    "diffusers": Reference("diffusers", t5_length=256, schedule="diffusers", uncond_first=True, round_latents=True),
+}

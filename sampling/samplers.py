@@ -10,11 +10,10 @@ from collections.abc import Callable
 
 import torch
 
-from common.errors import SamplingError
+from sd3.errors import SamplingError
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step, steps, latents after it)
-SAMPLERS = ("euler", "dpmpp_2m")
 
 
 def euler(
@@ -79,10 +78,11 @@ def dpmpp_2m(
     return x
 
 
+SAMPLERS = {"euler": euler, "dpmpp_2m": dpmpp_2m}
+
+
 def sampler(name: str):
     """The sampler function named `name` ("euler" or "dpmpp_2m")."""
-    if name == "euler":
-        return euler
-    if name == "dpmpp_2m":
-        return dpmpp_2m
-    raise SamplingError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}")
+    if name not in SAMPLERS:
+        raise SamplingError(f"unknown `sampler_name` '{name}'; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]

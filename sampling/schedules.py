@@ -4,7 +4,7 @@ Rectified flow (arXiv 2403.03206, §2 and §3.1) moves x_sigma = (1 - sigma) x_0
 sigma = 1 to 0. SD3 shifts the schedule towards high noise for high resolutions (§5.3,
 "Resolution-dependent shifting of timestep schedules"): shift(t) = a t / (1 + (a - 1) t).
 The references discretise it differently
-(../shared/REFERENCE.md §5):
+(docs/reference.md §5):
 
 - candle: sigma_i = shift(i / N) for i = N .. 0 (N + 1 values, ending at exactly 0);
   candle-examples/examples/stable-diffusion-3/sampling.rs.
@@ -20,9 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from common.errors import SamplingError
+from sd3.errors import SamplingError
 
-SCHEDULES = ("candle", "diffusers", "stability")
 TRAINING_TIMESTEPS = 1000
 
 
@@ -31,26 +30,40 @@ def time_snr_shift(shift: float, t):
     return shift * t / (1 + (shift - 1) * t)
 
 
+def candle_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """shift(i / N) for i = N .. 0: N + 1 values ending at exactly 0."""
+    values = time_snr_shift(shift, np.arange(steps, -1, -1, dtype=np.float64) / steps)
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def diffusers_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """shift(linspace(1, shift(1/1000), N)) in float64, then 0."""
+    # sigma_min is computed in float32 at construction, the rest in float64 over timesteps (x1000).
+    smallest = float(time_snr_shift(shift, torch.tensor(1.0, dtype=torch.float32) / TRAINING_TIMESTEPS))
+    timesteps = np.linspace(TRAINING_TIMESTEPS, smallest * TRAINING_TIMESTEPS, steps)
+    values = time_snr_shift(shift, timesteps / TRAINING_TIMESTEPS)
+    return torch.cat([torch.tensor(values, dtype=torch.float32), torch.zeros(1)])
+
+
+def stability_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """The same values as diffusers', computed in float32."""
+    smallest = time_snr_shift(shift, torch.tensor(1 / TRAINING_TIMESTEPS, dtype=torch.float32))
+    timesteps = torch.linspace(1.0, float(smallest), steps, dtype=torch.float32)
+    return torch.cat([time_snr_shift(shift, timesteps), torch.zeros(1)])
+
+
+SCHEDULES = {"candle": candle_sigmas, "diffusers": diffusers_sigmas, "stability": stability_sigmas}
+
+
 def sigmas(schedule: str, steps: int, shift: float = 3.0) -> torch.Tensor:
     """The N + 1 sigmas (float32, from 1 down to 0) of an N-step schedule."""
     if steps < 1:
-        raise SamplingError(f"the number of steps must be at least 1, got {steps}")
+        raise SamplingError(f"`steps` must be at least 1, got {steps}")
     if shift <= 0:
-        raise SamplingError(f"the time shift must be positive, got {shift}")
-    if schedule == "candle":
-        values = time_snr_shift(shift, np.arange(steps, -1, -1, dtype=np.float64) / steps)
-        return torch.tensor(values, dtype=torch.float32)
-    if schedule == "diffusers":
-        # sigma_min is computed in float32 at construction, the rest in float64 over timesteps (x1000).
-        smallest = float(time_snr_shift(shift, torch.tensor(1.0, dtype=torch.float32) / TRAINING_TIMESTEPS))
-        timesteps = np.linspace(TRAINING_TIMESTEPS, smallest * TRAINING_TIMESTEPS, steps)
-        values = time_snr_shift(shift, timesteps / TRAINING_TIMESTEPS)
-        return torch.cat([torch.tensor(values, dtype=torch.float32), torch.zeros(1)])
-    if schedule == "stability":
-        smallest = time_snr_shift(shift, torch.tensor(1 / TRAINING_TIMESTEPS, dtype=torch.float32))
-        timesteps = torch.linspace(1.0, float(smallest), steps, dtype=torch.float32)
-        return torch.cat([time_snr_shift(shift, timesteps), torch.zeros(1)])
-    raise SamplingError(f"unknown schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
+        raise SamplingError(f"`shift` must be positive, got {shift}")
+    if schedule not in SCHEDULES:
+        raise SamplingError(f"unknown schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
+    return SCHEDULES[schedule](steps, shift)
 
 
 def explicit_sigmas(values: Sequence[float]) -> torch.Tensor:

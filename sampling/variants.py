@@ -1,15 +1,18 @@
 """The four SD3 / SD3.5 variants: where their files live and how Candle runs them by default.
 
-From ../shared/REFERENCE.md §1 (Candle's `main.rs` `Which`). All stabilityai repos are gated: a
-user must accept the licence on the repo's page and provide a token (HF_TOKEN or a saved login).
+From docs/reference.md §1 (Candle's `main.rs` `Which`). All stabilityai repos are gated: a user must
+accept the licence on the repo's page and provide a token (HF_TOKEN or a saved login).
+
+A pipeline knows its variant: `StableDiffusion3.generate` takes its steps, cfg, shift and the SLG
+settings from it unless the caller gives them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.errors import ConfigurationError
-from sampling.guidance import SkipLayerGuidanceConfig
+from sd3.errors import ConfigurationError
+from sd3.sampling.guidance import SkipLayerGuidanceConfig
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class Variant:
     steps: int
     cfg: float
     shift: float = 3.0
-    slg: SkipLayerGuidanceConfig | None = None  # Candle allows --use-slg only where this is set
+    slg: SkipLayerGuidanceConfig | None = None  # used on request (slg=True); Candle allows it only here
 
 
 def _text_encoders(repo: str) -> dict[str, HubFile]:
@@ -70,7 +73,10 @@ TOKENIZERS = {
 }
 
 
-def variant(which: str) -> Variant:
+def variant(which: str | Variant) -> Variant:
+    """The variant named `which` ("3-medium", "3.5-large", "3.5-large-turbo", "3.5-medium")."""
+    if isinstance(which, Variant):
+        return which
     if which not in VARIANTS:
-        raise ConfigurationError(f"unknown variant '{which}'; choose one of {', '.join(VARIANTS)}")
+        raise ConfigurationError(f"unknown variant `which`='{which}'; choose one of {', '.join(VARIANTS)}")
     return VARIANTS[which]

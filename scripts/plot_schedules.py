@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sampling import sigmas  # noqa: E402
+from sd3.sampling import sigmas  # noqa: E402
 
 
 def main(argv=None) -> None:

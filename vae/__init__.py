@@ -1,6 +1,6 @@
 """The SD3 VAE (a 16-channel AutoencoderKL), written from scratch, with Candle's renaming map.
 
-    from vae import load_vae, decode_latents, to_pil
+    from sd3.vae import load_vae, decode_latents, to_pil
     vae = load_vae("sd3.5_medium.safetensors")          # reads `first_stage_model.*`
     images = to_pil(decode_latents(vae, latents))        # latents (b, 16, h, w) in model space
 
@@ -9,12 +9,12 @@ Files: `config.py`, `rename.py` (diffusers-style name -> checkpoint name), `bloc
 `tiling.py`, `images.py` (tensors <-> pixels).
 """
 
-from vae.config import VAEConfig
-from vae.images import from_pil, to_pil, to_uint8
-from vae.loading import PREFIX, load_vae
-from vae.model import AutoEncoderKL
-from vae.rename import checkpoint_name
-from vae.scaling import decode_latents, encode_images
+from sd3.vae.config import VAEConfig
+from sd3.vae.images import from_pil, to_pil, to_uint8
+from sd3.vae.loading import PREFIX, load_vae
+from sd3.vae.model import AutoEncoderKL
+from sd3.vae.rename import checkpoint_name
+from sd3.vae.scaling import decode_latents, encode_images
 
 __all__ = [
     "VAEConfig",

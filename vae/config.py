@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.checkpoint import shape_lookup
+from sd3.checkpoint import shape_lookup
 
 
 @dataclass(frozen=True)

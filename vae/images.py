@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.errors import VAEDecodingError
+from sd3.errors import VAEDecodingError
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

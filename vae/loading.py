@@ -6,12 +6,12 @@ import functools
 
 import torch
 
-from common.checkpoint import CheckpointLike, open_checkpoint
-from common.devices import resolve_device, resolve_dtype
-from common.state_dict import load_strict
-from vae.config import VAEConfig
-from vae.model import AutoEncoderKL
-from vae.rename import checkpoint_name
+from sd3.checkpoint import CheckpointLike, open_checkpoint
+from sd3.devices import resolve_device, resolve_dtype
+from sd3.loading import load_strict
+from sd3.vae.config import VAEConfig
+from sd3.vae.model import AutoEncoderKL
+from sd3.vae.rename import checkpoint_name
 
 PREFIX = "first_stage_model."
 

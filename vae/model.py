@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.errors import VAEDecodingError
-from vae.blocks import EPS, DownBlock, MidBlock, UpBlock
-from vae.config import VAEConfig
+from sd3.errors import VAEDecodingError
+from sd3.vae.blocks import EPS, DownBlock, MidBlock, UpBlock
+from sd3.vae.config import VAEConfig
 
 
 class Encoder(nn.Module):

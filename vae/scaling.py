@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from vae.model import AutoEncoderKL
-from vae.tiling import tiled
+from sd3.vae.model import AutoEncoderKL
+from sd3.vae.tiling import tiled
+
+DECODE_TILE_OVERLAP = 16  # latent pixels shared by neighbouring decoding tiles
 
 
 def decode_latents(
-    vae: AutoEncoderKL, latents: torch.Tensor, *, tile_size: int | None = None, tile_overlap: int = 16
+    vae: AutoEncoderKL, latents: torch.Tensor, *, tile_size: int | None = None, tile_overlap: int = DECODE_TILE_OVERLAP
 ) -> torch.Tensor:
     """Model-space latents (b, 16, h, w) -> images (b, 3, 8h, 8w) in [-1, 1] (not yet clamped).
 

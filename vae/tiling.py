@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from common.errors import VAEDecodingError
+from sd3.errors import VAEDecodingError
 
 
 def _starts(size: int, tile: int, overlap: int) -> list[int]:

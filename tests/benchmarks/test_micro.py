@@ -8,11 +8,11 @@ In a plain test run (and CI) each runs once, untimed, and still checks its outpu
 import pytest
 import torch
 
-from clip.config import T5Config
-from clip.t5 import T5Block
-from mmdit.attention import attention
-from mmdit.blocks import JointBlock
-from vae.blocks import UpBlock
+from sd3.clip.config import T5Config
+from sd3.clip.t5 import T5Block
+from sd3.mmdit.attention import attention
+from sd3.mmdit.blocks import JointBlock
+from sd3.vae.blocks import UpBlock
 
 torch.manual_seed(0)
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tests.tiny.text import TinyCLIP, TinyT5
-from tests.tiny.tokenizers import save_clip_tokenizer_json, tiny_clip_tokenizer, tiny_t5_tokenizer
+from sd3.testing.tiny.text import TinyCLIP, TinyT5
+from sd3.testing.tiny.tokenizers import save_clip_tokenizer_json, tiny_clip_tokenizer, tiny_t5_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ float32 (the T5 part carries ~2e-6 of summation-order difference).
 import pytest
 import torch
 
-from clip import CLIPTokenizer, T5Tokenizer, TripleTextEncoder, load_clip_g, load_clip_l, load_t5
-from tests.tiny.pipeline import diffusers_pipeline, write_tiny_sd3
+from sd3.clip import CLIPTokenizer, T5Tokenizer, TripleTextEncoder, load_clip_g, load_clip_l, load_t5
+from sd3.testing.tiny.pipeline import diffusers_pipeline, write_tiny_sd3
 
 TOLERANCE = 1e-5
 PROMPTS = ["a photo of a cat sitting on a red chair", "an astronaut riding a horse on the moon"]

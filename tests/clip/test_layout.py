@@ -6,9 +6,9 @@ transformers' own models of the published configs, built on the meta device.
 
 import torch
 
-from clip import CLIPConfig, CLIPTextModel, T5Config, T5Encoder
-from tests.tiny.random import MetaTensors
-from tests.tiny.text import TinyCLIP, TinyT5, clip_state_dict, t5_state_dict
+from sd3.clip import CLIPConfig, CLIPTextModel, T5Config, T5Encoder
+from sd3.testing.tiny.random import MetaTensors
+from sd3.testing.tiny.text import TinyCLIP, TinyT5, clip_state_dict, t5_state_dict
 
 
 def _shapes(state_dict):

@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clip import load_clip_g, load_clip_l, load_t5
-from common import ModelLoadingError
-from tests.tiny.text import TinyCLIP, TinyT5, clip_state_dict, t5_state_dict
+from sd3.clip import load_clip_g, load_clip_l, load_t5
+from sd3.errors import ModelLoadingError
+from sd3.testing.tiny.text import TinyCLIP, TinyT5, clip_state_dict, t5_state_dict
 
 
 def test_clip_g_needs_its_projection():

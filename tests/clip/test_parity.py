@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clip import CLIP_G_PREFIX, CLIP_L_PREFIX, T5_PREFIX, load_clip_g, load_clip_l, load_t5
-from tests.tiny.text import clip_state_dict, t5_state_dict, transformers_clip, transformers_t5
+from sd3.clip import CLIP_G_PREFIX, CLIP_L_PREFIX, T5_PREFIX, load_clip_g, load_clip_l, load_t5
+from sd3.testing.tiny.text import clip_state_dict, t5_state_dict, transformers_clip, transformers_t5
 
 TOLERANCE = 1e-5
 PROMPTS = ["a photo of a cat", "an astronaut riding a horse on the moon, oil painting", ""]

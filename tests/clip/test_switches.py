@@ -11,8 +11,8 @@
 import pytest
 import torch
 
-from clip import CLIPTokenizer, T5Tokenizer, TripleTextEncoder, load_clip_g, load_clip_l, load_t5
-from tests.tiny.pipeline import write_tiny_sd3
+from sd3.clip import CLIPTokenizer, T5Tokenizer, TripleTextEncoder, load_clip_g, load_clip_l, load_t5
+from sd3.testing.tiny.pipeline import write_tiny_sd3
 
 PROMPT = "a photo of a cat sitting on a red chair"
 

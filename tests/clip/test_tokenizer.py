@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from clip import CLIPTokenizer, T5Tokenizer
-from common import TextEncodingError
-from tests.tiny.tokenizers import real_clip_vocab_and_merges, save_clip_tokenizer_json, transformers_clip_tokenizer
+from sd3.clip import CLIPTokenizer, T5Tokenizer
+from sd3.errors import TextEncodingError
+from sd3.testing.tiny.tokenizers import real_clip_vocab_and_merges, save_clip_tokenizer_json, transformers_clip_tokenizer
 
 PROMPTS = [
     "a photo of a cat",

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from common import ConfigurationError, DeviceError, ModelLoadingError
-from mmdit import Config, load_mmdit
-from tests.tiny.mmdit import SD3_LIKE, SD35_MEDIUM_LIKE, mmdit_state_dict
+from sd3.errors import ConfigurationError, DeviceError, ModelLoadingError
+from sd3.mmdit import Config, load_mmdit
+from sd3.testing.tiny.mmdit import SD3_LIKE, SD35_MEDIUM_LIKE, mmdit_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +146,12 @@ def test_non_square_position_table(state_dict):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_without_cuda(state_dict):
-    with pytest.raises(DeviceError, match="--cpu"):
+    with pytest.raises(DeviceError, match=r"use `device=\"cpu\"`"):
         load_mmdit(state_dict, device="cuda")
 
 
 def test_unknown_dtype(state_dict):
-    with pytest.raises(DeviceError, match="unknown dtype 'float8'"):
+    with pytest.raises(DeviceError, match="unknown `dtype` 'float8'"):
         load_mmdit(state_dict, dtype="float8")
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from tests.tiny.mmdit import TinyMMDiT, mmdit_state_dict
+from sd3.testing.tiny.mmdit import TinyMMDiT, mmdit_state_dict
 
 MEASURE = r"""
 import sys, threading, time
 import torch
-from mmdit import load_mmdit
+from sd3.mmdit import load_mmdit
 
 def rss_anon() -> int:
     with open("/proc/self/status") as status:

@@ -9,7 +9,7 @@ official key names, so this is how we know real checkpoints will load with no re
 import pytest
 import torch
 
-from mmdit import MMDiT, Config
+from sd3.mmdit import MMDiT, Config
 
 # The published diffusers configs (transformer/config.json of each stabilityai repo).
 DIFFUSERS_CONFIGS = {
@@ -67,7 +67,7 @@ def test_config_inferred_from_a_full_size_state_dict_is_the_preset(which):
 
 
 def test_unknown_variant_is_a_configuration_error():
-    from common import ConfigurationError
+    from sd3.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="3.5-medium"):
         Config.preset("4-ultra")

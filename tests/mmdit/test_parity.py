@@ -9,8 +9,8 @@ own `convert_sd3_transformer_checkpoint_to_diffusers` (tests/tiny/mmdit.py). Tol
 import pytest
 import torch
 
-from mmdit import load_mmdit
-from tests.tiny.mmdit import SD3_LIKE, SD35_LARGE_LIKE, SD35_MEDIUM_LIKE, diffusers_mmdit, mmdit_state_dict
+from sd3.mmdit import load_mmdit
+from sd3.testing.tiny.mmdit import SD3_LIKE, SD35_LARGE_LIKE, SD35_MEDIUM_LIKE, diffusers_mmdit, mmdit_state_dict
 
 TOLERANCE = 1e-5
 ARCHS = {"sd3": SD3_LIKE, "sd3.5-large": SD35_LARGE_LIKE, "sd3.5-medium": SD35_MEDIUM_LIKE}

@@ -1,7 +1,7 @@
 import pytest
 
-from sampling import ModelFiles
-from tests.tiny.pipeline import write_tiny_sd3
+from sd3.sampling import ModelFiles
+from sd3.testing.tiny.pipeline import write_tiny_sd3
 
 
 @pytest.fixture(scope="session")

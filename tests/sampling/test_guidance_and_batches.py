@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from common import ConfigurationError
-from mmdit import load_mmdit
-from sampling import Conditioning, GuidedVelocity, Reference, SkipLayerGuidanceConfig, StableDiffusion3
+from sd3.errors import ConfigurationError
+from sd3.mmdit import load_mmdit
+from sd3.sampling import Conditioning, GuidedVelocity, Reference, SkipLayerGuidanceConfig, StableDiffusion3
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +91,11 @@ def test_batched_images_equal_images_generated_alone(files):
     """Image k of a batched run uses seed + k; generating it alone with that seed gives the same image."""
     sd3 = StableDiffusion3(files)
     prompts = ["a photo of a cat", "an astronaut riding a horse"]
-    batched = sd3.generate(prompts, height=32, width=48, steps=3, seed=100, num_images=2, batch_size=4)
+    batched = sd3.generate(prompts, height=32, width=48, steps=3, cfg=4.0, seed=100, num_images=2, batch_size=4)
     assert batched.seeds == [100, 101, 102, 103]
     assert batched.prompts == [prompts[0], prompts[0], prompts[1], prompts[1]]
     for k in (1, 2):
-        alone = sd3.generate([batched.prompts[k]], height=32, width=48, steps=3, seed=batched.seeds[k])
+        alone = sd3.generate([batched.prompts[k]], height=32, width=48, steps=3, cfg=4.0, seed=batched.seeds[k])
         assert (alone.latents[0] - batched.latents[k]).abs().max() < 1e-4
 
 

@@ -5,12 +5,12 @@ from types import SimpleNamespace
 import pytest
 from huggingface_hub.errors import GatedRepoError
 
-import sampling.hub as hub
-from common import DeviceError, ModelLoadingError
-from sampling import StableDiffusion3, VARIANTS
-from sampling.hub import resolve
-from sampling import memory
-from sampling.variants import HubFile
+from sd3.sampling import hub as hub
+from sd3.errors import DeviceError, ModelLoadingError
+from sd3.sampling import StableDiffusion3, VARIANTS
+from sd3.sampling.hub import resolve
+from sd3.sampling import memory
+from sd3.sampling.variants import HubFile
 
 FILE = HubFile("stabilityai/stable-diffusion-3.5-medium", "sd3.5_medium.safetensors")
 
@@ -18,19 +18,19 @@ FILE = HubFile("stabilityai/stable-diffusion-3.5-medium", "sd3.5_medium.safetens
 def test_local_file_is_used_as_is(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"x")
-    assert resolve(path, FILE, flag="--checkpoint") == path
+    assert resolve(path, FILE, name="checkpoint") == path
 
 
-def test_missing_local_file_names_the_flag(tmp_path):
-    with pytest.raises(ModelLoadingError, match="--clip-g .*: file not found"):
-        resolve(tmp_path / "clip_g.safetensors", FILE, flag="--clip-g")
+def test_missing_local_file_names_the_parameter(tmp_path):
+    with pytest.raises(ModelLoadingError, match=r'`files\["clip_g"\]` .*: file not found'):
+        resolve(tmp_path / "clip_g.safetensors", FILE, name="clip_g")
 
 
-def test_no_network_says_which_local_flags_to_use(monkeypatch, tmp_path):
+def test_no_network_says_which_local_files_to_give(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    with pytest.raises(ModelLoadingError, match="cannot reach the Hugging Face Hub.*--checkpoint"):
-        resolve(None, FILE, flag="--checkpoint", cache_dir=str(tmp_path))
+    with pytest.raises(ModelLoadingError, match=r'cannot reach the Hugging Face Hub.*`files\["checkpoint"\]`'):
+        resolve(None, FILE, name="checkpoint", cache_dir=str(tmp_path))
 
 
 def test_gated_repo_says_where_to_accept_the_licence_and_never_prints_the_token(monkeypatch):
@@ -42,7 +42,7 @@ def test_gated_repo_says_where_to_accept_the_licence_and_never_prints_the_token(
 
     monkeypatch.setattr(hub, "hf_hub_download", gated)
     with pytest.raises(ModelLoadingError) as info:
-        resolve(None, FILE, flag="--checkpoint")
+        resolve(None, FILE, name="checkpoint")
     message = str(info.value)
     assert "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium" in message and "HF_TOKEN" in message
     assert "hf_secret_token_value" not in message
@@ -59,12 +59,12 @@ def test_variant_table():
 
 def test_a_stage_that_does_not_fit_is_refused_with_advice(monkeypatch, files):
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1024)
-    with pytest.raises(DeviceError, match=r"text encoding stage needs about .* GiB .*--dtype bf16 or --no-t5"):
-        StableDiffusion3(files).generate(["a cat"], height=32, width=32, steps=1)
+    with pytest.raises(DeviceError, match=r'text encoding stage needs about .* GiB .*`dtype="bfloat16"` or `files\["t5xxl"\]=None`'):
+        StableDiffusion3(files).generate(["a cat"], height=32, width=32, steps=1, cfg=4.0)
 
 
 def test_weight_bytes_follow_the_dtype(files):
-    from common.checkpoint import open_checkpoint
+    from sd3.checkpoint import open_checkpoint
     import torch
 
     with open_checkpoint(files.checkpoint) as checkpoint:

@@ -9,9 +9,9 @@ implementations differ by summation order only (measured ~7e-6 on latents of std
 import pytest
 import torch
 
-from sampling import Reference, SkipLayerGuidanceConfig, StableDiffusion3
-from tests.tiny.pipeline import diffusers_pipeline
-from vae import decode_latents, load_vae
+from sd3.sampling import Reference, SkipLayerGuidanceConfig, StableDiffusion3
+from sd3.testing.tiny.pipeline import diffusers_pipeline
+from sd3.vae import decode_latents, load_vae
 
 TOLERANCE = 1e-4
 HEIGHT, WIDTH, STEPS = 64, 48, 4

@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from common import SamplingError
-from sampling import dpmpp_2m, euler
-from sampling.samplers import sampler
+from sd3.errors import SamplingError
+from sd3.sampling import dpmpp_2m, euler
+from sd3.sampling.samplers import sampler
 
 
 def velocity(x, sigma, step):

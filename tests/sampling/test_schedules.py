@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from common import SamplingError
-from sampling import explicit_sigmas, sigmas, time_snr_shift
+from sd3.errors import SamplingError
+from sd3.sampling import explicit_sigmas, sigmas, time_snr_shift
 
 
 @pytest.mark.parametrize("steps", [1, 4, 28, 50])

@@ -1,18 +1,10 @@
-"""scripts/audit.py on the tiny architecture: agreement, a perturbed weight, behaviours, outputs."""
+"""The audit (`sd3 audit`, scripts/audit.py) on the tiny architecture: agreement, a perturbed weight, behaviours, outputs."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-spec = importlib.util.spec_from_file_location("audit", ROOT / "scripts" / "audit.py")
-audit = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(audit)
+from sd3.testing import audit
 
 
 def _run(tmp_path, *flags) -> tuple[int, dict]:

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from tests.tiny.random import MetaTensors
-from tests.tiny.vae import diffusers_config, vae_state_dict
-from vae import AutoEncoderKL, VAEConfig, checkpoint_name
+from sd3.testing.tiny.random import MetaTensors
+from sd3.testing.tiny.vae import diffusers_config, vae_state_dict
+from sd3.vae import AutoEncoderKL, VAEConfig, checkpoint_name
 
 SD3_CHANNELS = (128, 256, 512, 512)
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from common import ModelLoadingError, VAEDecodingError
-from tests.tiny.mmdit import SD3_LIKE, mmdit_state_dict
-from tests.tiny.vae import TINY_CHANNELS, vae_state_dict
-from vae import VAEConfig, load_vae
+from sd3.errors import ModelLoadingError, VAEDecodingError
+from sd3.testing.tiny.mmdit import SD3_LIKE, mmdit_state_dict
+from sd3.testing.tiny.vae import TINY_CHANNELS, vae_state_dict
+from sd3.vae import VAEConfig, load_vae
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_bad_inputs(state_dict, call, message):
 
 
 def test_nan_latents_are_reported_with_their_likely_cause(state_dict):
-    from vae import to_uint8
+    from sd3.vae import to_uint8
 
     with pytest.raises(VAEDecodingError, match="float16"):
         to_uint8(torch.full((1, 3, 8, 8), float("nan")))

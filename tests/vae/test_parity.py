@@ -9,8 +9,8 @@ linear layers in the attention), which measures 2e-6 to 7e-6 over ~30 stacked co
 import pytest
 import torch
 
-from tests.tiny.vae import diffusers_vae, vae_state_dict
-from vae import decode_latents, encode_images, load_vae, to_pil
+from sd3.testing.tiny.vae import diffusers_vae, vae_state_dict
+from sd3.vae import decode_latents, encode_images, load_vae, to_pil
 
 TOLERANCE = 1e-5
 

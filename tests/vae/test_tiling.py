@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from tests.tiny.vae import vae_state_dict
-from vae import decode_latents, encode_images, load_vae
-from vae.tiling import tiled
+from sd3.testing.tiny.vae import vae_state_dict
+from sd3.vae import decode_latents, encode_images, load_vae
+from sd3.vae.tiling import tiled
 
 
 class PointwiseUpsampler(nn.Module):
@@ -97,7 +97,7 @@ def test_tiled_encoding_covers_the_image_and_stays_close(vae):
 
 
 def test_bad_overlap(vae):
-    from common import VAEDecodingError
+    from sd3.errors import VAEDecodingError
 
     with pytest.raises(VAEDecodingError, match="overlap"):
         decode_latents(vae, _smooth_latents(20, 20), tile_size=8, tile_overlap=8)

@@ -52,7 +52,7 @@ def mmdit_flops(config, batch: int, image_tokens: int, context_tokens: int) -> f
 
 
 def _mmdit(spec, files, dtype):
-    import mmdit
+    from sd3 import mmdit
 
     res, repeats = spec["res"], spec.get("repeats", 3)
     start = time.perf_counter()
@@ -61,7 +61,7 @@ def _mmdit(spec, files, dtype):
         if spec.get("compile"):
             model = torch.compile(model)
     else:
-        from sd3audit import reference
+        from sd3.testing import reference
 
         model = reference.transformer(files, dtype)
     load = time.perf_counter() - start
@@ -87,8 +87,8 @@ def _mmdit(spec, files, dtype):
 
 
 def _our_shapes(files):
-    import mmdit
-    from common.checkpoint import open_checkpoint
+    from sd3 import mmdit
+    from sd3.checkpoint import open_checkpoint
 
     with open_checkpoint(files.checkpoint) as checkpoint:
         return checkpoint.component(mmdit.PREFIX).shapes()
@@ -98,12 +98,12 @@ def _vae(spec, files, dtype):
     res = spec["res"]
     z = torch.randn(1, 16, res // 8, res // 8, generator=torch.Generator().manual_seed(0))
     if spec["impl"] == "ours":
-        import vae
+        from sd3 import vae
 
         model = vae.load_vae(files.vae, dtype=dtype)
         decode = lambda: vae.decode_latents(model, z)  # noqa: E731
     else:
-        from sd3audit import reference
+        from sd3.testing import reference
 
         model = reference.autoencoder(files, dtype)
         c = model.config
@@ -115,7 +115,7 @@ def _vae(spec, files, dtype):
 def _text(spec, files, dtype):
     """Encoding the prompt and the negative prompt with loaded encoders (loading not counted)."""
     if spec["impl"] == "ours":
-        import clip
+        from sd3 import clip
 
         encoder = clip.TripleTextEncoder(
             clip.load_clip_l(files.clip_l, dtype=dtype), clip.CLIPTokenizer(files.clip_l_tokenizer),
@@ -124,7 +124,7 @@ def _text(spec, files, dtype):
         )
         encode = lambda: encoder.encode([PROMPT, NEGATIVE])  # noqa: E731
     else:
-        from sd3audit import reference
+        from sd3.testing import reference
 
         pipe = reference.pipeline(files, dtype, parts=("text",))
         encode = lambda: pipe.encode_prompt(  # noqa: E731
@@ -141,13 +141,13 @@ def _pipeline(spec, files, dtype):
     noise = torch.randn(1, 16, res // 8, res // 8, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     if spec["impl"] == "ours":
-        from sampling import StableDiffusion3
+        from sd3.sampling import StableDiffusion3
 
-        StableDiffusion3(files, dtype=dtype, device="cpu").generate(
-            [PROMPT], [NEGATIVE], height=res, width=res, steps=steps, cfg=4.0, latents=noise
+        StableDiffusion3(files, dtype=dtype, device="cpu", keep="stage").generate(
+            [PROMPT], [NEGATIVE], height=res, width=res, steps=steps, cfg=4.0, latents=noise, quiet=True
         )
     else:
-        from sd3audit import reference
+        from sd3.testing import reference
 
         pipe = reference.pipeline(files, dtype)
         with torch.inference_mode():
@@ -156,7 +156,25 @@ def _pipeline(spec, files, dtype):
     return {"wall_s": time.perf_counter() - start}
 
 
-TASKS = {"mmdit": _mmdit, "vae": _vae, "text": _text, "pipeline": _pipeline}
+def _residency(spec, files, dtype):
+    """Two calls on one pipeline that keeps every model: the first loads, the second only computes."""
+    from sd3.sampling import StableDiffusion3
+
+    res, steps = spec["res"], spec["steps"]
+    noise = torch.randn(1, 16, res // 8, res // 8, generator=torch.Generator().manual_seed(0))
+    pipe = StableDiffusion3(files, dtype=dtype, device="cpu", keep="all")
+    out = {}
+    for call in ("first", "second"):
+        start = time.perf_counter()
+        result = pipe.generate([PROMPT], [NEGATIVE], height=res, width=res, steps=steps, cfg=4.0, latents=noise, quiet=True)
+        t = result.timings
+        out.update({f"{call}_wall_s": time.perf_counter() - start, f"{call}_load_s": t["load"],
+                    f"{call}_compute_s": t["encode"] + t["denoise"] + t["decode"]})
+    out["loads"] = dict(pipe.models.loads)
+    return out
+
+
+TASKS = {"mmdit": _mmdit, "vae": _vae, "text": _text, "pipeline": _pipeline, "residency": _residency}
 
 
 def measure(spec: dict, files) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.tiny.random import RandomTensors
+from sd3.testing.tiny.random import RandomTensors
 
 # Four levels as in SD3 (8x downsampling), narrow channels (GroupNorm needs multiples of 32).
 TINY_CHANNELS = (32, 32, 64, 64)

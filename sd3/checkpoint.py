@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from common.errors import ModelLoadingError
+from sd3.errors import ModelLoadingError
 
 # safetensors dtype names of the tensors this project converts.
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tests.tiny.random import RandomTensors
+from sd3.testing.tiny.random import RandomTensors
 
 HEAD_DIM = 64  # as in every SD3 checkpoint
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-import clip
-import mmdit
-import vae
-from common.checkpoint import open_checkpoint
-from sampling import ModelFiles
+from sd3 import clip
+from sd3 import mmdit
+from sd3 import vae
+from sd3.checkpoint import open_checkpoint
+from sd3.sampling import ModelFiles
 
 
 def _tensors(path: Path, prefix: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tests.tiny.random import RandomTensors
+from sd3.testing.tiny.random import RandomTensors
 
 
 @dataclass(frozen=True)

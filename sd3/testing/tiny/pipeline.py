@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from clip import CLIP_G_PREFIX, CLIP_L_PREFIX, T5_PREFIX
-from tests.tiny.mmdit import TinyMMDiT, diffusers_mmdit, mmdit_state_dict
-from tests.tiny.text import TinyCLIP, TinyT5, clip_state_dict, t5_state_dict, transformers_clip, transformers_t5
-from tests.tiny.tokenizers import save_clip_tokenizer_json, tiny_clip_tokenizer, tiny_t5_tokenizer
-from tests.tiny.vae import diffusers_vae, vae_state_dict
+from sd3.clip import CLIP_G_PREFIX, CLIP_L_PREFIX, T5_PREFIX
+from sd3.testing.tiny.mmdit import TinyMMDiT, diffusers_mmdit, mmdit_state_dict
+from sd3.testing.tiny.text import TinyCLIP, TinyT5, clip_state_dict, t5_state_dict, transformers_clip, transformers_t5
+from sd3.testing.tiny.tokenizers import save_clip_tokenizer_json, tiny_clip_tokenizer, tiny_t5_tokenizer
+from sd3.testing.tiny.vae import diffusers_vae, vae_state_dict
 
 
 @dataclass
@@ -71,7 +71,7 @@ def diffusers_pipeline(tiny: TinySD3, *, with_t5: bool = True, shift: float = 3.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-    from tests.tiny.tokenizers import clip_vocab_and_merges, transformers_clip_tokenizer
+    from sd3.testing.tiny.tokenizers import clip_vocab_and_merges, transformers_clip_tokenizer
 
     vocab, merges = clip_vocab_and_merges()
     sd = tiny.state_dict

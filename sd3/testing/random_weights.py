@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import clip
-import mmdit
-import vae
-from sampling import ModelFiles
+from sd3 import clip
+from sd3 import mmdit
+from sd3 import vae
+from sd3.sampling import ModelFiles
 
 VERSION = 1  # bump when the recipe changes, so that stale caches are rewritten
 
@@ -55,7 +55,7 @@ def write_random(which: str, cache: Path, *, t5_layers: int = 2, seed: int = 0) 
     Returns the files (tokenizers are the small ones of tests/tiny/tokenizers.py, whose ids fit the
     real vocabularies) and a description of what was written.
     """
-    from tests.tiny.tokenizers import save_clip_tokenizer_json, tiny_clip_tokenizer, tiny_t5_tokenizer
+    from sd3.testing.tiny.tokenizers import save_clip_tokenizer_json, tiny_clip_tokenizer, tiny_t5_tokenizer
 
     folder = cache / f"{which}-t5x{t5_layers}-seed{seed}-v{VERSION}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def write_random(which: str, cache: Path, *, t5_layers: int = 2, seed: int = 0) 
 
 def write_tiny(cache: Path, seed: int = 0) -> tuple[ModelFiles, dict]:
     """The tests' tiny all-in-one checkpoint (seconds to write and run): for tests and smoke runs."""
-    from tests.tiny.pipeline import write_tiny_sd3
+    from sd3.testing.tiny.pipeline import write_tiny_sd3
 
     tiny = write_tiny_sd3(cache / f"tiny-seed{seed}-v{VERSION}", seed=seed)
     c = tiny.checkpoint

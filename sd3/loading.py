@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from common.checkpoint import TensorSource
-from common.errors import ModelLoadingError
+from sd3.checkpoint import TensorSource
+from sd3.errors import ModelLoadingError
 
 _SHOWN = 5  # how many offending keys an error message lists before giving a count
 

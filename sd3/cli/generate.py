@@ -1,0 +1,209 @@
+"""`sd3 generate`: text to image from the command line, with the flags of Candle's stable-diffusion-3 example.
+
+    sd3 generate --which 3.5-medium --prompt "a photo of a cat" --final-image cat.png
+    python scripts/generate.py ...   # the same, as a file beside Candle's main.rs
+
+Mirrors huggingface/candle candle-examples/examples/stable-diffusion-3/main.rs. Files come from the
+Hugging Face Hub (gated: accept the licence, set HF_TOKEN) unless given locally with --checkpoint,
+--clip-l, --clip-g, --t5xxl, --vae and the tokenizer flags. Every error is one line on stderr and a
+non-zero exit (--verbose shows the traceback). The library's errors name its parameters
+(`height`, `files["clip_g"]`); `to_flags` turns them into this command's flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import re
+import secrets
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from sd3.checkpoint import open_checkpoint
+from sd3.errors import ConfigurationError, DeviceError, SD3Error
+from sd3.sampling import FILE_NAMES, REFERENCES, SAMPLERS, VARIANTS, GenerationOptions, Reference, StableDiffusion3
+
+# The library's parameter expressions (as its messages write them, in backticks) -> this command's flags.
+FLAGS = {
+    "height": "--height", "width": "--width", "steps": "--num-inference-steps", "cfg": "--cfg-scale",
+    "shift": "--time-shift", "num_images": "--num-images", "batch_size": "--batch-size",
+    "batch_size=1": "--batch-size 1", "sampler_name": "--sampler", "latents": "--latents",
+    "reference": "--reference", "which": "--which", "slg=True": "--use-slg", "prompts": "--prompt",
+    "negative_prompts": "--uncond-prompt", "dtype": "--dtype", 'dtype="bfloat16"': "--dtype bfloat16",
+    'dtype="float32"': "--dtype float32", 'device="cpu"': "--cpu", 'files["t5xxl"]=None': "--no-t5",
+    "files": "file flags", **{f'files["{name}"]': "--" + name.replace("_", "-") for name in FILE_NAMES},
+}
+
+
+def to_flags(message: str) -> str:
+    """A library message in this command's terms: each `parameter` becomes its flag."""
+    return re.sub(r"`([^`]+)`", lambda m: FLAGS.get(m.group(1), m.group(1)), message)
+
+CANDLE_PROMPT = (
+    "A cute rusty robot holding a candle torch in its hand, with glowing neon text \"LETS GO RUSTY\" "
+    "displayed on its chest, bright background, high quality, 4k"
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # Candle's flags, same names and defaults.
+    p.add_argument("--prompt", default=CANDLE_PROMPT)
+    p.add_argument("--uncond-prompt", default="", help="the negative prompt")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    p.add_argument("--tracing", action="store_true", help="write a torch.profiler Chrome trace (sd3-trace.json)")
+    p.add_argument("--use-flash-attn", action="store_true", help="force the flash SDPA backend (CUDA only)")
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--which", choices=list(VARIANTS), default="3-medium")
+    p.add_argument("--num-inference-steps", type=int, help="default: the variant's (28, or 4 for turbo)")
+    p.add_argument("--cfg-scale", type=float, help="default: the variant's (4.0, or 1.0 for turbo)")
+    p.add_argument("--time-shift", type=float, help="default: the variant's (3.0)")
+    p.add_argument("--use-slg", action="store_true", help="skip-layer guidance (3.5-medium only)")
+    p.add_argument("--seed", type=int, help="default: a random seed, printed and stored in the image")
+    # Ours.
+    p.add_argument("--final-image", default="out.png", help="PNG unless the extension says JPEG")
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--prompts-file", help="one prompt per line; output files are numbered")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--reference", choices=REFERENCES, default="default", help="whose behaviour to mirror (README)")
+    p.add_argument("--t5-max-length", type=int, help="override the reference's T5 length")
+    p.add_argument("--no-t5", action="store_true", help="zeros instead of T5 (saves ~10 GB)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="euler")
+    p.add_argument("--compile", action="store_true", help="torch.compile the MMDiT (slow first step)")
+    p.add_argument("--latents", help="initial noise: a .safetensors file with key 'latents'")
+    p.add_argument("--save-latents", help="write the final latents (before decoding) to this .safetensors file")
+    for flag in ("--checkpoint", "--clip-l", "--clip-g", "--t5xxl", "--vae"):
+        p.add_argument(flag, help="local .safetensors file instead of the Hub")
+    for flag in ("--clip-l-tokenizer", "--clip-g-tokenizer", "--t5-tokenizer"):
+        p.add_argument(flag, help="local tokenizer.json instead of the Hub")
+    p.add_argument("--revision", help="Hub revision of the model repos")
+    p.add_argument("--cache-dir", help="Hub cache directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    return p
+
+
+def file_overrides(args) -> dict:
+    """The `files` entries the flags give (the rest come from the Hub); --no-t5 sets t5xxl to None."""
+    files = {name: getattr(args, name) for name in FILE_NAMES if getattr(args, name) is not None}
+    if args.no_t5:
+        files.update(t5xxl=None, t5_tokenizer=None)
+    return files
+
+
+def read_prompts(args) -> list[str]:
+    if not args.prompts_file:
+        return [args.prompt]
+    path = Path(args.prompts_file)
+    if not path.is_file():
+        raise ConfigurationError(f"--prompts-file {path}: file not found")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigurationError(f"--prompts-file {path} holds no prompt")
+    return prompts
+
+
+def read_latents(path: str) -> torch.Tensor:
+    with open_checkpoint(path) as tensors:
+        if "latents" not in tensors:
+            raise ConfigurationError(f"--latents {path} has no tensor named 'latents' (found: {tensors.keys()[:5]})")
+        return tensors.tensor("latents").clone()
+
+
+def save_image(image, path: Path, parameters: dict) -> None:
+    """PNG with an A1111-style `parameters` text chunk and the same as JSON; JPEG with a comment."""
+    text = (
+        f"{parameters['prompt']}\nNegative prompt: {parameters['negative_prompt']}\n"
+        f"Steps: {parameters['steps']}, Sampler: {parameters['sampler']}, CFG scale: {parameters['cfg_scale']}, "
+        f"Seed: {parameters['seed']}, Size: {parameters['width']}x{parameters['height']}, "
+        f"Model: {parameters['which']}, Shift: {parameters['time_shift']}, Reference: {parameters['reference']}"
+    )
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        image.save(path, quality=95, comment=text.encode("utf-8"))
+        return
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", text)
+    info.add_text("sd3", json.dumps(parameters))
+    image.save(path, pnginfo=info)
+
+
+def run(args) -> None:
+    device = torch.device("cpu") if args.cpu else None
+    if args.use_flash_attn and (args.cpu or not torch.cuda.is_available()):
+        raise DeviceError("--use-flash-attn needs a CUDA device (the flash SDPA backend does not run on the CPU)")
+    reference = Reference.named(args.reference)
+    if args.t5_max_length is not None:
+        reference = replace(reference, t5_length=args.t5_max_length)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    settings = dict(
+        height=args.height, width=args.width, steps=args.num_inference_steps, cfg=args.cfg_scale, shift=args.time_shift,
+        seed=seed, num_images=args.num_images, batch_size=args.batch_size, slg=args.use_slg,
+    )
+    # Every setting is checked before any file is downloaded or read.
+    options = GenerationOptions.resolve(VARIANTS[args.which], reference, sampler=args.sampler, sigmas=None,
+                                        tile_size=None, **settings)
+    prompts = read_prompts(args)
+    latents = read_latents(args.latents) if args.latents else None
+    logging.getLogger(__name__).info("seed %d", seed)
+
+    # One call: each stage's models are freed before the next stage loads (Candle's main.rs).
+    sd3 = StableDiffusion3.from_variant(
+        args.which, files=file_overrides(args), device=device, dtype=args.dtype, keep="stage", reference=reference,
+        revision=args.revision, cache_dir=args.cache_dir, compile=args.compile,
+    )
+    attention = None
+    if args.use_flash_attn:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        attention = sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+    tracing = torch.profiler.profile(record_shapes=True) if args.tracing else contextlib.nullcontext()
+    with tracing as profiler:
+        result = sd3.generate(prompts, args.uncond_prompt, sampler_name=args.sampler, latents=latents,
+                              attention_backend=attention, quiet=args.quiet, **settings)
+    if args.tracing:
+        profiler.export_chrome_trace("sd3-trace.json")
+
+    if args.save_latents:
+        from safetensors.torch import save_file
+
+        save_file({"latents": result.latents.contiguous()}, args.save_latents)
+    out = Path(args.final_image)
+    for k, (image, image_seed, prompt) in enumerate(zip(result.images, result.seeds, result.prompts)):
+        path = out if len(result.images) == 1 else out.with_name(f"{out.stem}-{k}{out.suffix}")
+        save_image(image, path, dict(
+            prompt=prompt, negative_prompt=args.uncond_prompt, steps=result.steps, sampler=args.sampler,
+            cfg_scale=options.cfg, seed=image_seed, width=args.width, height=args.height, which=args.which,
+            time_shift=options.shift, reference=reference.name, use_slg=args.use_slg,
+        ))
+    total_steps = result.steps * -(-len(result.images) // args.batch_size)
+    seconds = result.timings["denoise"]
+    if not args.quiet:
+        print(f"{len(result.images)} image(s), {total_steps} steps in {seconds:.2f}s "
+              f"({total_steps / max(seconds, 1e-9):.2f} it/s); saved {out}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    try:
+        run(args)
+    except SD3Error as error:
+        if args.verbose:
+            raise
+        print(f"error: {to_flags(str(error))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

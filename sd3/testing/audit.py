@@ -1,0 +1,193 @@
+"""Parity audit: our implementation and diffusers side by side, module by module, on the same weights.
+
+    sd3 audit                       # random weights at SD3.5-medium's real size (cached)
+    sd3 audit --reference candle    # also: how far Candle's choices move the result
+    sd3 audit --checkpoint sd3.5_medium.safetensors --clip-l ... # real weights
+    python scripts/audit.py ...     # the same
+
+For every module with a counterpart (text-encoder layers, MMDiT embedders and joint blocks per
+stream, final layer, VAE decoder blocks) and every sampling step, it reports max |Δ|, max relative
+error and cosine similarity, and the first module whose relative error exceeds --threshold. Writes
+a table, a JSON report and a PNG plot; exits 1 when --fail-above is exceeded (for CI use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from sd3 import clip as clip_lib
+from sd3.checkpoint import open_checkpoint
+from sd3.devices import resolve_dtype
+from sd3.errors import SD3Error
+from sd3.sampling import VARIANTS, ModelFiles, Reference, StableDiffusion3
+from sd3.testing import reference as ref_lib
+from sd3.testing.audit_pairs import REFERENCE_COMPONENT, Agreement, Recorder, pairs_for
+from sd3.testing.audit_report import plot, table, write_json
+from sd3.testing.random_weights import write_random, write_tiny
+
+PROMPT, NEGATIVE = "a photo of a cat sitting on a red chair", "blurry, low quality"
+BEHAVIOURS = ("clip_l_pad", "clip_g_gelu", "t5_length", "t5_truncate", "schedule", "uncond_first", "round_latents")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variant", choices=list(VARIANTS), default="3.5-medium", help="architecture of the random weights")
+    p.add_argument("--tiny", action="store_true", help="the tests' tiny architecture instead (seconds)")
+    p.add_argument("--t5-layers", type=int, default=2, help="T5 layers of the random weights (real: 24)")
+    for flag in ("--checkpoint", "--clip-l", "--clip-g", "--t5xxl", "--clip-l-tokenizer", "--clip-g-tokenizer", "--t5-tokenizer"):
+        p.add_argument(flag, help="real files instead of random weights (all seven together)")
+    p.add_argument("--height", type=int, help="default 256 (64 with --tiny)")
+    p.add_argument("--width", type=int, help="default 256 (48 with --tiny)")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", help="our side's dtype (bfloat16/float16 to measure drift)")
+    p.add_argument("--reference-dtype", default="float32", help="diffusers' side's dtype")
+    p.add_argument("--reference", choices=["candle", "stability"], help="also measure these behaviours, point by point")
+    p.add_argument("--threshold", type=float, default=1e-4, help="report the first module above this max relative error")
+    p.add_argument("--fail-above", type=float, help="exit 1 when any module's max relative error exceeds this")
+    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "sd3-from-scratch" / "audit"))
+    p.add_argument("--out", default="audit", help="output prefix: OUT.json and OUT.png")
+    p.add_argument("--perturb", help=argparse.SUPPRESS)  # "name=value": add to one of our weights (tests)
+    return p
+
+
+def files_from(args) -> tuple[ModelFiles, dict]:
+    real = [args.checkpoint, args.clip_l, args.clip_g, args.t5xxl, args.clip_l_tokenizer, args.clip_g_tokenizer, args.t5_tokenizer]
+    if any(real):
+        if not all(real):
+            raise SD3Error("real weights need all of --checkpoint, --clip-l, --clip-g, --t5xxl and the three tokenizer flags")
+        c, l, g, t, lt, gt, tt = map(Path, real)
+        return ModelFiles(c, l, g, t, c, lt, gt, tt), {"weights": "real files", "checkpoint": str(c)}
+    cache = Path(args.cache_dir)
+    if args.tiny:
+        return write_tiny(cache, args.seed)
+    return write_random(args.variant, cache, t5_layers=args.t5_layers, seed=args.seed)
+
+
+def run_ours(files, settings: Reference, dtype, noise, args, recorder=None, names=None, perturb=None):
+    """Our pipeline; returns (latents after each step, final latents)."""
+    steps = []
+
+    def on_load(component, model):
+        if perturb and component == perturb[0]:
+            dict(model.named_parameters())[perturb[1]].data += perturb[2]
+        if recorder is not None:
+            recorder.attach(component, model, names[component])
+
+    with StableDiffusion3(files, reference=settings, dtype=dtype, device="cpu", keep="stage", on_load=on_load) as sd3:
+        result = sd3.generate([PROMPT], [NEGATIVE], height=args.height, width=args.width, steps=args.steps,
+                              cfg=args.cfg, latents=noise, on_step=lambda i, n, x: steps.append(x.cpu().clone()),
+                              quiet=True)
+    return steps, result.latents
+
+
+def run_reference(files, dtype, noise, args, recorder, names):
+    pipe = ref_lib.pipeline(files, dtype)
+    for component, attribute in REFERENCE_COMPONENT.items():
+        recorder.attach(component, getattr(pipe, attribute), names[component])
+    steps = []
+
+    def on_step(pipe, i, t, kwargs):
+        steps.append(kwargs["latents"].float().cpu().clone())
+        return kwargs
+
+    pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=args.height, width=args.width, num_inference_steps=args.steps,
+         guidance_scale=args.cfg, latents=noise.to(dtype), max_sequence_length=256, output_type="latent",
+         callback_on_step_end=on_step)
+    pipe.vae.decode(steps[-1].to(dtype) / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor)
+    return steps
+
+
+def audit(args) -> int:
+    start = time.perf_counter()
+    args.height = args.height or (64 if args.tiny else 256)
+    args.width = args.width or (48 if args.tiny else 256)
+    files, setup = files_from(args)
+    ours_dtype, ref_dtype = resolve_dtype(args.dtype), resolve_dtype(args.reference_dtype)
+    setup.update(height=args.height, width=args.width, steps=args.steps, cfg=args.cfg,
+                 dtype=str(ours_dtype).removeprefix("torch."), reference_dtype=str(ref_dtype).removeprefix("torch."),
+                 prompt=PROMPT, negative_prompt=NEGATIVE)
+    noise = torch.randn(1, 16, args.height // 8, args.width // 8, generator=torch.Generator().manual_seed(args.seed))
+
+    probe = StableDiffusion3(files)  # reads the architectures off the files; loads nothing
+    with open_checkpoint(files.t5xxl) as t5_file:
+        t5_layers = clip_lib.T5Config.from_state_dict(t5_file.component(clip_lib.T5_PREFIX).shapes()).num_layers
+    layers = {}
+    for name, path, prefix in (("clip_l", files.clip_l, clip_lib.CLIP_L_PREFIX), ("clip_g", files.clip_g, clip_lib.CLIP_G_PREFIX)):
+        with open_checkpoint(path) as f:
+            layers[name] = clip_lib.CLIPConfig.from_state_dict(f.component(prefix).shapes()).num_hidden_layers
+    pairs = pairs_for(layers["clip_l"], layers["clip_g"], t5_layers, probe.mmdit_config.depth, 4)
+    ref_names = {c: {p.reference for p in pairs if p.component == c} for c in REFERENCE_COMPONENT}
+    our_names = {c: {p.ours for p in pairs if p.component == c} for c in REFERENCE_COMPONENT}
+
+    perturb = None
+    if args.perturb:
+        target, value = args.perturb.split("=")
+        component, parameter = target.split(".", 1)
+        perturb = (component, parameter, float(value))
+
+    ours_rec, ref_rec = Recorder(), Recorder()
+    diffusers_like = Reference.named("diffusers")
+    ours_steps, ours_final = run_ours(files, diffusers_like, ours_dtype, noise, args, ours_rec, our_names, perturb)
+    ours_rec.detach()
+    ref_steps = run_reference(files, ref_dtype, noise, args, ref_rec, ref_names)
+    ref_rec.detach()
+
+    rows = []
+    for p in pairs:
+        calls = "all" if p.component in ("clip_l", "clip_g", "t5") else "first"
+        mine, theirs = ours_rec.output(p.component, p.ours, p.output, calls), ref_rec.output(p.component, p.reference, p.output, calls)
+        if mine is None or theirs is None:
+            continue
+        rows.append({"module": p.name, "stream": p.stream, "depth": p.depth, **vars(Agreement.of(mine, theirs))})
+        if p.component == "mmdit" and p.ours == "final_layer":  # sampling sits between the MMDiT and the VAE
+            for i, (a, b) in enumerate(zip(ours_steps, ref_steps)):
+                rows.append({"module": f"sampling step {i + 1}", "stream": "sampling", "depth": i + 1, **vars(Agreement.of(a, b))})
+
+    behaviours = []
+    if args.reference:
+        chosen = Reference.named(args.reference)
+        points = [f for f in BEHAVIOURS if getattr(chosen, f) != getattr(diffusers_like, f)]
+        for point in points + ["all"]:
+            settings = chosen if point == "all" else replace(diffusers_like, **{point: getattr(chosen, point)})
+            _, final = run_ours(files, settings, ours_dtype, noise, args)
+            value = "all at once" if point == "all" else f"{getattr(diffusers_like, point)} -> {getattr(chosen, point)}"
+            behaviours.append({"point": point, "change": value, **vars(Agreement.of(final, ref_steps[-1]))})
+
+    print(table(rows, args.threshold))
+    if behaviours:
+        print(f"\nfinal latents with {args.reference}'s behaviour, point by point, against diffusers:")
+        for b in behaviours:
+            print(f"  {b['point']:<14} {b['change']:<34} max rel {b['max_rel']:.3e}  cosine {b['cosine']:.6f}")
+    json_path, png_path = Path(f"{args.out}.json"), Path(f"{args.out}.png")  # names may hold dots ("3.5")
+    write_json(json_path, setup, rows, behaviours, args.threshold)
+    title = f"ours ({setup['dtype']}) vs diffusers ({setup['reference_dtype']}), {setup.get('variant', 'real weights')}, {args.width}x{args.height}, {args.steps} steps"
+    plot(png_path, rows, title, args.threshold)
+    print(f"\nwrote {json_path} and {png_path} in {time.perf_counter() - start:.0f}s")
+    worst = max(r["max_rel"] for r in rows)
+    if args.fail_above is not None and worst > args.fail_above:
+        print(f"FAIL: max relative error {worst:.3e} exceeds --fail-above {args.fail_above:.0e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        return audit(args)
+    except SD3Error as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
