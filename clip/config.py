@@ -1,6 +1,6 @@
 """Text-encoder configurations: CLIP-L, CLIP-G and T5-XXL presets, and inference from checkpoints.
 
-Numbers from ../shared/REFERENCE.md §3; field names follow transformers' `CLIPTextConfig` and
+Numbers from docs/reference.md §3; field names follow transformers' `CLIPTextConfig` and
 `T5Config`, whose key layout the SD3 checkpoints use.
 """
 

@@ -1,7 +1,7 @@
 """Tokenization for the three encoders, with the `tokenizers` library and `tokenizer.json` files.
 
 CLIP: BOS, at most 75 prompt tokens, EOS, then padding to 77. The pad token differs between the
-references (../shared/REFERENCE.md §6): Stability pads CLIP-L with EOS and CLIP-G with "!" (id 0),
+references (docs/reference.md §6): Stability pads CLIP-L with EOS and CLIP-G with "!" (id 0),
 Candle pads both with "!", diffusers uses whatever its tokenizer files name. The prompt itself is
 always tokenized as plain text, so a literal "!" in it stays an ordinary BPE piece: a
 tokenizer.json saved with pad token "!" lists "!" as an added (special) token, which would match

@@ -4,7 +4,7 @@ Presets mirror Candle's `sd3_medium()`, `sd3_5_large()` and `sd3_5_medium()`
 (huggingface/candle@75a49f4 candle-transformers/src/models/mmdit/model.rs). Inference reads the
 structure off tensor names and shapes the way Stability's loader does (Stability-AI/sd3.5@8df03ab
 sd3_impls.py, `BaseModel.__init__`), so one loader serves every variant, including tiny test
-checkpoints. See ../shared/REFERENCE.md §2 for the numbers.
+checkpoints. See docs/reference.md §2 for the numbers.
 """
 
 from __future__ import annotations

@@ -108,6 +108,9 @@ def model_files(
     none_given = [k for k in files if files[k] is None and k not in _OPTIONAL]
     if none_given:
         raise ConfigurationError(f"`files` entries {none_given} are None; only t5xxl and t5_tokenizer may be")
+    for name, local in files.items():  # local files first: a typo fails before any download
+        if local is not None:
+            resolve(local, HubFile("", ""), name=name)
     hub = dict(revision=revision, cache_dir=cache_dir)
     checkpoint = resolve(files.get("checkpoint"), v.checkpoint, name="checkpoint", **hub)
     # All-in-one checkpoints hold everything: a local checkpoint serves the encoders of 3-medium too.

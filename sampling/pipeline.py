@@ -271,6 +271,8 @@ class StableDiffusion3:
         return 77 + t5
 
     def _load(self, name: str, load: Callable[[], nn.Module], timings: dict, prepare=None) -> nn.Module:
+        if name in self.models:
+            return self.models.get(name, load)
         start = time.perf_counter()
         module = self.models.get(name, load, prepare)
         timings["load"] += time.perf_counter() - start

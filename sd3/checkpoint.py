@@ -10,7 +10,7 @@ a single weight, then read the tensors one at a time in the target dtype:
   into the process) and converted, so the process holds the converted copy and one tensor in flight,
   not the converted copy plus the file's mapped pages.
 
-The official SD3 files come in two layouts (../shared/REFERENCE.md §1): all-in-one checkpoints
+The official SD3 files come in two layouts (docs/reference.md §1): all-in-one checkpoints
 whose keys carry a prefix per component (`model.diffusion_model.`, `first_stage_model.`,
 `text_encoders.clip_l.transformer.`, ...) and separate files with no prefix. `TensorSource.under`
 gives the view of one component with its prefix stripped.

@@ -1,4 +1,4 @@
-"""VAE configuration: the SD3 preset and inference from a checkpoint (../shared/REFERENCE.md §4)."""
+"""VAE configuration: the SD3 preset and inference from a checkpoint (docs/reference.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SD3's latent scaling around the VAE, with optional tiling (../shared/REFERENCE.md §4).
+"""SD3's latent scaling around the VAE, with optional tiling (docs/reference.md §4).
 
 The MMDiT works on scaled latents: z_model = (z_vae - shift) * scale, with scale 1.5305 and shift
 0.0609, so decoding computes decode(z / scale + shift). These helpers are the only place that

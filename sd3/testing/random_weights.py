@@ -52,7 +52,7 @@ def random_state(model: nn.Module, seed: int, prefix: str = "", rename=lambda na
 def write_random(which: str, cache: Path, *, t5_layers: int = 2, seed: int = 0) -> tuple[ModelFiles, dict]:
     """Write (once) random checkpoints of `which`'s real architecture; T5 keeps `t5_layers` of its 24.
 
-    Returns the files (tokenizers are the small ones of tests/tiny/tokenizers.py, whose ids fit the
+    Returns the files (tokenizers are the small ones of sd3/testing/tiny/tokenizers.py, whose ids fit the
     real vocabularies) and a description of what was written.
     """
     from sd3.testing.tiny.tokenizers import save_clip_tokenizer_json, tiny_clip_tokenizer, tiny_t5_tokenizer

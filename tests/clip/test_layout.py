@@ -1,6 +1,6 @@
 """Full-size CLIP-L, CLIP-G and T5-XXL built on the meta device have the real names and shapes.
 
-Compared with the hand-written key lists of tests/tiny/text.py at real sizes and with
+Compared with the hand-written key lists of sd3/testing/tiny/text.py at real sizes and with
 transformers' own models of the published configs, built on the meta device.
 """
 

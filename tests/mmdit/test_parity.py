@@ -1,7 +1,7 @@
 """Our MMDiT against diffusers' `SD3Transformer2DModel` on the same tiny random checkpoints.
 
 Reference: diffusers' model, built with an explicit config and loaded strictly through diffusers'
-own `convert_sd3_transformer_checkpoint_to_diffusers` (tests/tiny/mmdit.py). Tolerance: max |Δ|
+own `convert_sd3_transformer_checkpoint_to_diffusers` (sd3/testing/tiny/mmdit.py). Tolerance: max |Δ|
 ≤ 1e-5 on outputs of order 1 in float32; the two implementations differ only in summation order
 (joint attention over [context, x] vs [x, context], fused vs split qkv), which stays below ~2e-6.
 """

@@ -1,7 +1,7 @@
 """Our VAE against diffusers' `AutoencoderKL` on the same tiny random checkpoints.
 
 Reference: diffusers' model built with the SD3 VAE config (narrow channels) and loaded strictly
-through diffusers' `convert_ldm_vae_checkpoint` (tests/tiny/vae.py). Tolerance: max |Δ| ≤ 1e-5 on
+through diffusers' `convert_ldm_vae_checkpoint` (sd3/testing/tiny/vae.py). Tolerance: max |Δ| ≤ 1e-5 on
 outputs of order one in float32; the implementations differ in summation order only (1x1 convs vs
 linear layers in the attention), which measures 2e-6 to 7e-6 over ~30 stacked convolutions.
 """

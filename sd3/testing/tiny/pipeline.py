@@ -1,7 +1,7 @@
 """A tiny diffusers `StableDiffusion3Pipeline` and our matching components, on the same files.
 
 Every component is a tiny random checkpoint in the real layout; diffusers' side is built with
-explicit configs and its own converters, fully offline (../shared/REFERENCE.md §7).
+explicit configs and its own converters, fully offline (docs/reference.md §7).
 """
 
 from __future__ import annotations
@@ -34,14 +34,18 @@ class TinySD3:
     state_dict: dict[str, torch.Tensor]
 
 
-def write_tiny_sd3(folder: Path, seed: int = 0) -> TinySD3:
-    """An all-in-one checkpoint (MMDiT, VAE, CLIP-L, CLIP-G, T5) and tokenizer.json files."""
+def write_tiny_sd3(folder: Path, seed: int = 0, pos_embed_max_size: int = 8) -> TinySD3:
+    """An all-in-one checkpoint (MMDiT, VAE, CLIP-L, CLIP-G, T5) and tokenizer.json files.
+
+    `pos_embed_max_size` sets the largest image: 16 pixels per entry (64 reaches 1024).
+    """
     clip_tok, clip_vocab = tiny_clip_tokenizer()
     t5_tok = tiny_t5_tokenizer()
     clip_l = TinyCLIP(vocab=clip_vocab)
     clip_g = TinyCLIP(vocab=clip_vocab, width=192, mlp=384, projection=True, act="gelu")
     t5 = TinyT5(vocab=len(t5_tok))
-    mmdit = TinyMMDiT(depth=2, heads=2, adm=clip_l.width + clip_g.width, context_dim=t5.d_model)
+    mmdit = TinyMMDiT(depth=2, heads=2, adm=clip_l.width + clip_g.width, context_dim=t5.d_model,
+                      pos_embed_max_size=pos_embed_max_size)
     state_dict = {
         **mmdit_state_dict(mmdit, seed=seed),
         **vae_state_dict(seed=seed + 1),

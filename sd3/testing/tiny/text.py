@@ -1,6 +1,6 @@
 """Tiny CLIP and T5 checkpoints in the real transformers key layout, and their references.
 
-Key lists are written out from ../shared/REFERENCE.md §3 (transformers' `CLIPTextModel` and
+Key lists are written out from docs/reference.md §3 (transformers' `CLIPTextModel` and
 `T5EncoderModel` names), in both layouts: all-in-one (`text_encoders.*.transformer.` prefix)
 and separate files (no prefix).
 """
