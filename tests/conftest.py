@@ -1,7 +1,10 @@
-"""Shared test settings: deterministic float32 on the CPU; micro-benchmarks timed only on request."""
+"""Shared test settings: deterministic float32 on the CPU; micro-benchmarks timed only on request; the tiny SD3."""
 
 import pytest
 import torch
+
+from sd3.sampling import ModelFiles
+from sd3.testing.tiny.pipeline import write_tiny_sd3
 
 
 def pytest_configure(config):
@@ -16,3 +19,15 @@ def _deterministic():
     torch.manual_seed(0)
     with torch.no_grad():
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return write_tiny_sd3(tmp_path_factory.mktemp("sd3"), seed=11)
+
+
+@pytest.fixture(scope="session")
+def files(tiny):
+    """Every component from the one all-in-one tiny checkpoint, as for SD3-medium."""
+    c = tiny.checkpoint
+    return ModelFiles(c, c, c, c, c, tiny.clip_l_tokenizer, tiny.clip_g_tokenizer, tiny.t5_tokenizer)

@@ -34,7 +34,7 @@ FLAGS = {
     "shift": "--time-shift", "num_images": "--num-images", "batch_size": "--batch-size",
     "batch_size=1": "--batch-size 1", "sampler_name": "--sampler", "latents": "--latents",
     "reference": "--reference", "which": "--which", "slg=True": "--use-slg", "prompts": "--prompt",
-    "negative_prompts": "--uncond-prompt", "dtype": "--dtype", 'dtype="bfloat16"': "--dtype bfloat16",
+    "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size", 'dtype="bfloat16"': "--dtype bfloat16",
     'dtype="float32"': "--dtype float32", 'device="cpu"': "--cpu", 'files["t5xxl"]=None': "--no-t5",
     "files": "file flags", **{f'files["{name}"]': "--" + name.replace("_", "-") for name in FILE_NAMES},
 }
@@ -76,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--t5-max-length", type=int, help="override the reference's T5 length")
     p.add_argument("--no-t5", action="store_true", help="zeros instead of T5 (saves ~10 GB)")
     p.add_argument("--sampler", choices=SAMPLERS, default="euler")
+    p.add_argument("--tile-size", type=int, help="decode in tiles of this many latent pixels (VAE memory at large sizes)")
     p.add_argument("--compile", action="store_true", help="torch.compile the MMDiT (slow first step)")
     p.add_argument("--latents", help="initial noise: a .safetensors file with key 'latents'")
     p.add_argument("--save-latents", help="write the final latents (before decoding) to this .safetensors file")
@@ -146,11 +147,11 @@ def run(args) -> None:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     settings = dict(
         height=args.height, width=args.width, steps=args.num_inference_steps, cfg=args.cfg_scale, shift=args.time_shift,
-        seed=seed, num_images=args.num_images, batch_size=args.batch_size, slg=args.use_slg,
+        seed=seed, num_images=args.num_images, batch_size=args.batch_size, slg=args.use_slg, tile_size=args.tile_size,
     )
     # Every setting is checked before any file is downloaded or read.
     options = GenerationOptions.resolve(VARIANTS[args.which], reference, sampler=args.sampler, sigmas=None,
-                                        tile_size=None, **settings)
+                                        **settings)
     prompts = read_prompts(args)
     latents = read_latents(args.latents) if args.latents else None
     logging.getLogger(__name__).info("seed %d", seed)

@@ -140,3 +140,37 @@ def test_nan_latents_name_the_likely_cause(tiny, tmp_path, capsys):
 def test_verbose_shows_the_traceback(tiny, tmp_path):
     with pytest.raises(Exception, match="multiple of 16"):
         run(tiny, "--height", "60", "--verbose", out=tmp_path / "x.png")
+
+
+def test_installed_command_runs_generate_and_lists_its_subcommands(tiny, tmp_path):
+    """`sd3 generate` (the console script) is the same command as scripts/generate.py."""
+    sd3 = Path(sys.executable).with_name("sd3")
+    listing = subprocess.run([str(sd3), "--help"], capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and all(name in listing.stdout for name in ("generate", "audit", "benchmark"))
+    out = tmp_path / "cat.png"
+    done = subprocess.run([str(sd3), "generate", "--which", "3.5-medium", *local_flags(tiny), "--prompt", "a cat",
+                           "--height", "32", "--width", "32", "--num-inference-steps", "1", "--seed", "0",
+                           "--final-image", str(out), "--cpu", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (32, 32)
+    unknown = subprocess.run([str(sd3), "paint"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "unknown command 'paint'" in unknown.stderr
+
+
+def test_memory_advice_is_given_in_flags(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sd3.sampling.memory.available_bytes", lambda device: 1024)
+    assert run(tiny, out=tmp_path / "x.png") == 1
+    err = capsys.readouterr().err
+    assert "text encoding stage needs about" in err and "--dtype bfloat16" in err and "--no-t5" in err and "--cpu" in err
+    assert "`" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cfg-scale", "nan"], "--cfg-scale must be a finite number, got nan"),
+    (["--time-shift", "inf"], "--time-shift must be a finite number, got inf"),
+    (["--tile-size", "4"], "--tile-size must exceed the 16 latent pixels"),
+])
+def test_bad_numbers_fail_before_any_file_is_read(tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.setattr("sd3.sampling.hub.hf_hub_download", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    assert generate.main(["--cpu", "--quiet", "--final-image", str(tmp_path / "x.png"), *flags]) == 1
+    assert message in capsys.readouterr().err
