@@ -1,7 +1,7 @@
 """Loading an MMDiT from an official single-file checkpoint or a state dict.
 
 The model is built on the `meta` device from a config inferred from tensor shapes, then filled
-strictly with tensors read from the memory-mapped file (common/state_dict.py), so peak memory
+strictly with tensors read from the memory-mapped file (sd3/loading.py), so peak memory
 stays near one copy of the weights in the target dtype.
 """
 

@@ -21,4 +21,7 @@ def test_benchmark_smoke(tmp_path):
                      "text encoding", "VAE decode", "pipeline end to end", "peak memory, whole pipeline"):
         assert any(expected in what for what in whats), expected
     assert all(row["ours"] > 0 and row["diffusers"] > 0 for row in report["table"])
+    for run in report["residency"]:  # keep="all": the second call loads nothing
+        assert run["second_load_s"] == 0 and run["first_load_s"] > 0 and set(run["loads"].values()) == {1}
+    assert [r["dtype"] for r in report["residency"]] == ["float32", "bfloat16"] and "second call" in done.stdout
     assert "ours/diffusers" in done.stdout
