@@ -14,6 +14,7 @@ from sd3.sampling.pipeline import GenerationResult, StableDiffusion3
 from sd3.sampling.reference import REFERENCES, Reference
 from sd3.sampling.residency import KEEP
 from sd3.sampling.samplers import SAMPLERS, dpmpp_2m, euler
+from sd3.sampling.stream import ImageResult, PromptItem, StreamStats, generate_many
 from sd3.sampling.schedules import SCHEDULES, explicit_sigmas, sigmas, time_snr_shift
 from sd3.sampling.variants import TOKENIZERS, VARIANTS, Variant, variant
 
@@ -38,6 +39,10 @@ __all__ = [
     "explicit_sigmas",
     "sigmas",
     "time_snr_shift",
+    "ImageResult",
+    "PromptItem",
+    "StreamStats",
+    "generate_many",
     "TOKENIZERS",
     "VARIANTS",
     "Variant",

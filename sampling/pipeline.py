@@ -36,6 +36,7 @@ from sd3.sampling.options import GenerationOptions
 from sd3.sampling.reference import Reference
 from sd3.sampling.residency import ResidentModels, check_keep
 from sd3.sampling.samplers import StepCallback, sampler
+from sd3.sampling.stream import generate_many
 from sd3.sampling.variants import Variant, variant as variant_named
 
 logger = logging.getLogger(__name__)
@@ -228,32 +229,48 @@ class StableDiffusion3:
             attention_backend: a context manager around denoising (e.g. torch's `sdpa_kernel`).
             quiet: no progress bar.
         """
-        options = GenerationOptions.resolve(
-            self.variant, self.reference, height=height, width=width, steps=steps, cfg=cfg, shift=shift, seed=seed,
-            num_images=num_images, batch_size=batch_size, slg=slg, sampler=sampler_name,
-            sigmas=list(sigmas) if sigmas is not None else None, tile_size=tile_size,
-        )
-        self.check_size(height, width)
+        options = self.options(height=height, width=width, steps=steps, cfg=cfg, shift=shift, seed=seed,
+                               num_images=num_images, batch_size=batch_size, slg=slg, sampler_name=sampler_name,
+                               sigmas=sigmas, tile_size=tile_size)
         prompts, negative_prompts = _prompt_lists(prompts, negative_prompts)
         per_image = [i for i in range(len(prompts)) for _ in range(num_images)]
         seeds = [seed + k for k in range(len(per_image))]
         noise = self._initial_noise(latents, seeds, options)
         timings = {"load": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0}
-        activations = self._activation_bytes(options, self._context_tokens())
-        staged = not self._stays_resident(activations)
-        if staged:
-            self.models.release()  # a staged call starts with nothing loaded
+        staged = self.plan(options)
 
         context, y = self._encode(list(prompts) + list(negative_prompts), staged, timings)
         n, index = len(prompts), torch.tensor(per_image)
         cond = Conditioning(context[:n][index], y[:n][index], context[n:][index], y[n:][index])
-        final = self._denoise(cond, noise, options, staged, timings, activations["mmdit"], on_step,
-                              attention_backend, quiet)
-        images = self._decode(final, options, staged, timings, activations["vae"])
+        final = self._denoise(cond, noise, options, staged, timings, on_step, attention_backend, quiet)
+        images = self._decode(final, options, staged, timings)
         return GenerationResult(
             images=images, latents=final.cpu(), seeds=seeds, prompts=[prompts[i] for i in per_image],
             negative_prompts=[negative_prompts[i] for i in per_image], steps=options.steps, timings=timings,
         )
+
+    def generate_many(self, prompts, **settings):
+        """Stream images for many prompts, each handed back as soon as it is decoded: see
+        `sd3.sampling.stream.generate_many` (this pipeline's models stay loaded as `keep` says)."""
+        return generate_many(self, prompts, **settings)
+
+    def options(self, **settings) -> GenerationOptions:
+        """`generate()`'s settings, checked against this pipeline's variant and checkpoint (nothing loads)."""
+        sigmas = settings.pop("sigmas")
+        options = GenerationOptions.resolve(
+            self.variant, self.reference, sampler=settings.pop("sampler_name"),
+            sigmas=list(sigmas) if sigmas is not None else None, **settings,
+        )
+        self.check_size(options.height, options.width)
+        return options
+
+    def plan(self, options: GenerationOptions) -> bool:
+        """Whether a call with `options` runs staged (models freed after their stage); a staged
+        call first frees whatever an earlier call left loaded."""
+        staged = not self._stays_resident(self._activation_bytes(options, self._context_tokens()))
+        if staged:
+            self.models.release()
+        return staged
 
     def _initial_noise(self, latents: torch.Tensor | None, seeds: list[int], options: GenerationOptions) -> torch.Tensor:
         shape = (16, options.height // 8, options.width // 8)
@@ -314,9 +331,10 @@ class StableDiffusion3:
     # -- stage 2: denoising ----------------------------------------------------------------------
     def _denoise(
         self, cond: Conditioning, noise: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict,
-        activation: int, on_step: StepCallback | None, attention_backend, quiet: bool,
+        on_step: StepCallback | None = None, attention_backend=None, quiet: bool = True,
     ) -> torch.Tensor:
         """Noise (n, 16, h, w) -> final latents (n, 16, h, w) float32, in batches."""
+        activation = self._activation_bytes(options, cond.context.shape[1])["mmdit"]
         self._check_stage("denoising", ("mmdit",), activation,
                           'use `dtype="bfloat16"`, a smaller `height`/`width` or `batch_size=1`')
         prepare = torch.compile if self.compile else None
@@ -358,9 +376,10 @@ class StableDiffusion3:
 
     # -- stage 3: decoding -----------------------------------------------------------------------
     def _decode(
-        self, latents: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict, activation: int
+        self, latents: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict
     ) -> list[Image.Image]:
         """Model-space latents (n, 16, h, w) -> n PIL images."""
+        activation = self._activation_bytes(options, self._context_tokens())["vae"]
         self._check_stage("decoding", ("vae",), activation,
                           'use `batch_size=1`, `dtype="bfloat16"` or a smaller `height`/`width`')
         model = self._load("vae", lambda: vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device), timings)

@@ -34,7 +34,8 @@ FLAGS = {
     "shift": "--time-shift", "num_images": "--num-images", "batch_size": "--batch-size",
     "batch_size=1": "--batch-size 1", "sampler_name": "--sampler", "latents": "--latents",
     "reference": "--reference", "which": "--which", "slg=True": "--use-slg", "prompts": "--prompt",
-    "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size", 'dtype="bfloat16"': "--dtype bfloat16",
+    "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size",
+    "prompts_file": "--prompts-file", "chunk_size": "--chunk-size", "output_dir": "--output-dir", 'dtype="bfloat16"': "--dtype bfloat16",
     'dtype="float32"': "--dtype float32", 'device="cpu"': "--cpu", 'files["t5xxl"]=None': "--no-t5",
     "files": "file flags", **{f'files["{name}"]': "--" + name.replace("_", "-") for name in FILE_NAMES},
 }
