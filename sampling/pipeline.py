@@ -13,6 +13,7 @@ one stage at a time. Before each load, the memory check refuses, with advice, a 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -263,6 +264,20 @@ class StableDiffusion3:
         )
         self.check_size(options.height, options.width)
         return options
+
+    def auto_batch_size(self, options: GenerationOptions, cap: int = 8) -> int:
+        """The largest batch, at most `cap`, whose denoising and decoding the memory check admits (1 if unknown)."""
+        free = memory.available_bytes(self.device)
+        if free is None:
+            return 1
+        pending = {name: 0 if name in self.models else size for name, size in self._weight_bytes.items()}
+        best = 1
+        for batch in range(1, cap + 1):
+            needed = self._activation_bytes(dataclasses.replace(options, batch_size=batch), self._context_tokens())
+            if max(pending["mmdit"] + needed["mmdit"], pending["vae"] + needed["vae"]) > free:
+                break
+            best = batch
+        return best
 
     def plan(self, options: GenerationOptions) -> bool:
         """Whether a call with `options` runs staged (models freed after their stage); a staged

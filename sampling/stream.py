@@ -103,14 +103,11 @@ def generate_many(
         raise ConfigurationError("`prompts` holds no prompt")
     if chunk_size is not None and chunk_size < 1:
         raise ConfigurationError(f"`chunk_size` must be at least 1, got {chunk_size}")
-    base = {"height": 1024, "width": 1024, "steps": None, "cfg": None, "shift": None, "slg": None,
-            "sampler_name": "euler", "tile_size": None, **settings}
     options = {}  # every distinct setting is checked before anything loads
     for item in items:
         key = _settings_key(item)
         if key not in options:
-            chosen = {**base, **{k: v for k, v in item.overrides.items() if k in base}}
-            options[key] = pipe.options(seed=seed, num_images=1, batch_size=batch_size, sigmas=None, **chosen)
+            options[key] = item_options(pipe, item, settings, seed=seed, batch_size=batch_size)
     stats = stats if stats is not None else StreamStats()
     batches = _batches(items, options, batch_size)
     bar = tqdm(total=len(items), desc="images", unit="image", disable=quiet)
@@ -126,6 +123,21 @@ def generate_many(
             for result in _chunk(pipe, chunk, negative_prompt, seed, staged, stats):
                 bar.update()
                 yield result
+
+
+def item_options(pipe, item: PromptItem, settings: dict, *, seed: int, batch_size: int) -> GenerationOptions:
+    """The checked options of one item: `settings` (as for `generate()`) with the item's overrides."""
+    base = {"height": 1024, "width": 1024, "steps": None, "cfg": None, "shift": None, "slg": None,
+            "sampler_name": "euler", "tile_size": None, **settings}
+    chosen = {**base, **{k: v for k, v in item.overrides.items() if k in base}}
+    return pipe.options(seed=seed, num_images=1, batch_size=batch_size, sigmas=None, **chosen)
+
+
+def describe(opts: GenerationOptions) -> dict:
+    """The settings that make an image what it is, as JSON values (a manifest line's `settings`)."""
+    slg = None if opts.slg is None else {**dataclasses.asdict(opts.slg), "layers": list(opts.slg.layers)}
+    return {"height": opts.height, "width": opts.width, "steps": opts.steps, "cfg": opts.cfg, "shift": opts.shift,
+            "sampler": opts.sampler, "slg": slg}
 
 
 def _settings_key(item: PromptItem) -> tuple:
@@ -191,8 +203,7 @@ def _decoded(pipe, batch, timings, stats) -> Iterator[ImageResult]:
     images = pipe._decode(latents, opts, False, timings)
     seconds = (denoise_seconds + timings["decode"] - before) / len(members)
     stats.compute_seconds += seconds * len(members)
-    settings = {"height": opts.height, "width": opts.width, "steps": opts.steps, "cfg": opts.cfg, "shift": opts.shift,
-                "sampler": opts.sampler, "slg": dataclasses.asdict(opts.slg) if opts.slg else None}
+    settings = describe(opts)
     for item, image, negative, image_seed in zip(members, images, negatives, seeds):
         stats.images += 1
         yield ImageResult(index=item.index, image=image, prompt=item.prompt, negative_prompt=negative,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import re
 import secrets
@@ -25,8 +24,13 @@ from pathlib import Path
 import torch
 
 from sd3.checkpoint import open_checkpoint
+from sd3.cli import many_images
 from sd3.errors import ConfigurationError, DeviceError, SD3Error
+from sd3.jobs.distributed import Rank
+from sd3.jobs.images import check_image_path, save_image
 from sd3.sampling import FILE_NAMES, REFERENCES, SAMPLERS, VARIANTS, GenerationOptions, Reference, StableDiffusion3
+
+AUTO_BATCH_CAP = 8
 
 # The library's parameter expressions (as its messages write them, in backticks) -> this command's flags.
 FLAGS = {
@@ -35,7 +39,8 @@ FLAGS = {
     "batch_size=1": "--batch-size 1", "sampler_name": "--sampler", "latents": "--latents",
     "reference": "--reference", "which": "--which", "slg=True": "--use-slg", "prompts": "--prompt",
     "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size",
-    "prompts_file": "--prompts-file", "chunk_size": "--chunk-size", "output_dir": "--output-dir", 'dtype="bfloat16"': "--dtype bfloat16",
+    "prompts_file": "--prompts-file", "chunk_size": "--chunk-size", "output_dir": "--output-dir",
+    "final_image": "--final-image", "overwrite=True": "--overwrite", 'dtype="bfloat16"': "--dtype bfloat16",
     'dtype="float32"': "--dtype float32", 'device="cpu"': "--cpu", 'files["t5xxl"]=None': "--no-t5",
     "files": "file flags", **{f'files["{name}"]': "--" + name.replace("_", "-") for name in FILE_NAMES},
 }
@@ -70,8 +75,15 @@ def parser() -> argparse.ArgumentParser:
     # Ours.
     p.add_argument("--final-image", default="out.png", help="PNG unless the extension says JPEG")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--prompts-file", help="one prompt per line; output files are numbered")
+    p.add_argument("--batch-size", default="1",
+                   help=f"images denoised together, or 'auto': the largest the memory check admits (at most {AUTO_BATCH_CAP})")
+    p.add_argument("--prompts-file", help="one prompt per line, or JSONL lines {\"prompt\": ..., \"seed\": ..., "
+                   "\"negative_prompt\": ..., \"cfg\": ...}; each image is saved as soon as it is made")
+    p.add_argument("--output-dir", help="write 00000.png, 00001.png, ... and manifest.jsonl there; running the "
+                   "same command again resumes; under torchrun each process takes its share")
+    p.add_argument("--overwrite", action="store_true", help="with --output-dir: remake images whose settings changed")
+    p.add_argument("--chunk-size", type=int, help="prompts encoded per chunk (default: one batch when models stay "
+                   "loaded, else grown until loading is a tenth of the time)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--reference", choices=REFERENCES, default="default", help="whose behaviour to mirror (README)")
     p.add_argument("--t5-max-length", type=int, help="override the reference's T5 length")
@@ -100,42 +112,11 @@ def file_overrides(args) -> dict:
     return files
 
 
-def read_prompts(args) -> list[str]:
-    if not args.prompts_file:
-        return [args.prompt]
-    path = Path(args.prompts_file)
-    if not path.is_file():
-        raise ConfigurationError(f"--prompts-file {path}: file not found")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise ConfigurationError(f"--prompts-file {path} holds no prompt")
-    return prompts
-
-
 def read_latents(path: str) -> torch.Tensor:
     with open_checkpoint(path) as tensors:
         if "latents" not in tensors:
             raise ConfigurationError(f"--latents {path} has no tensor named 'latents' (found: {tensors.keys()[:5]})")
         return tensors.tensor("latents").clone()
-
-
-def save_image(image, path: Path, parameters: dict) -> None:
-    """PNG with an A1111-style `parameters` text chunk and the same as JSON; JPEG with a comment."""
-    text = (
-        f"{parameters['prompt']}\nNegative prompt: {parameters['negative_prompt']}\n"
-        f"Steps: {parameters['steps']}, Sampler: {parameters['sampler']}, CFG scale: {parameters['cfg_scale']}, "
-        f"Seed: {parameters['seed']}, Size: {parameters['width']}x{parameters['height']}, "
-        f"Model: {parameters['which']}, Shift: {parameters['time_shift']}, Reference: {parameters['reference']}"
-    )
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        image.save(path, quality=95, comment=text.encode("utf-8"))
-        return
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    info.add_text("parameters", text)
-    info.add_text("sd3", json.dumps(parameters))
-    image.save(path, pnginfo=info)
 
 
 def run(args) -> None:
@@ -146,34 +127,62 @@ def run(args) -> None:
     if args.t5_max_length is not None:
         reference = replace(reference, t5_length=args.t5_max_length)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    auto_batch = args.batch_size == "auto"
     settings = dict(
         height=args.height, width=args.width, steps=args.num_inference_steps, cfg=args.cfg_scale, shift=args.time_shift,
-        seed=seed, num_images=args.num_images, batch_size=args.batch_size, slg=args.use_slg, tile_size=args.tile_size,
+        seed=seed, num_images=args.num_images, batch_size=1 if auto_batch else parse_batch_size(args.batch_size),
+        slg=args.use_slg, tile_size=args.tile_size,
     )
-    # Every setting is checked before any file is downloaded or read.
-    options = GenerationOptions.resolve(VARIANTS[args.which], reference, sampler=args.sampler, sigmas=None,
-                                        **settings)
-    prompts = read_prompts(args)
+    # Every setting, prompt line and output path is checked before any file is downloaded or read.
+    options = GenerationOptions.resolve(VARIANTS[args.which], reference, sampler=args.sampler, sigmas=None, **settings)
+    many = args.prompts_file is not None or args.output_dir is not None
+    if many:
+        job = many_images.prepare(args, reference, options, settings)
+    else:
+        check_image_path(Path(args.final_image))
     latents = read_latents(args.latents) if args.latents else None
     logging.getLogger(__name__).info("seed %d", seed)
 
-    # One call: each stage's models are freed before the next stage loads (Candle's main.rs).
-    sd3 = StableDiffusion3.from_variant(
-        args.which, files=file_overrides(args), device=device, dtype=args.dtype, keep="stage", reference=reference,
-        revision=args.revision, cache_dir=args.cache_dir, compile=args.compile,
-    )
-    attention = None
-    if args.use_flash_attn:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+    rank = Rank.from_environment()
+    rank.start()
+    try:
+        # One call: each stage's models are freed before the next loads (Candle's main.rs). Many
+        # prompts: models stay loaded between chunks when they fit together.
+        sd3 = StableDiffusion3.from_variant(
+            args.which, files=file_overrides(args), device=device or rank.device(), dtype=args.dtype,
+            keep="auto" if many else "stage", reference=reference, revision=args.revision, cache_dir=args.cache_dir,
+            compile=args.compile,
+        )
+        if auto_batch:
+            settings["batch_size"] = sd3.auto_batch_size(options, cap=AUTO_BATCH_CAP)
+            logging.getLogger(__name__).info("batch size %d", settings["batch_size"])
+        attention = None
+        if args.use_flash_attn:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        attention = sdpa_kernel(SDPBackend.FLASH_ATTENTION)
-    tracing = torch.profiler.profile(record_shapes=True) if args.tracing else contextlib.nullcontext()
-    with tracing as profiler:
-        result = sd3.generate(prompts, args.uncond_prompt, sampler_name=args.sampler, latents=latents,
-                              attention_backend=attention, quiet=args.quiet, **settings)
-    if args.tracing:
-        profiler.export_chrome_trace("sd3-trace.json")
+            attention = sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+        tracing = torch.profiler.profile(record_shapes=True) if args.tracing else contextlib.nullcontext()
+        with tracing as profiler, attention or contextlib.nullcontext():
+            if many:
+                many_images.run(args, sd3, job, settings, rank)
+            else:
+                one_call(args, sd3, reference, options, settings, latents)
+        if args.tracing:
+            profiler.export_chrome_trace("sd3-trace.json")
+    finally:
+        rank.stop()
 
+
+def parse_batch_size(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigurationError(f"`batch_size` must be a positive integer or 'auto', got '{value}'")
+    return int(value)
+
+
+def one_call(args, sd3, reference, options, settings, latents) -> None:
+    """One prompt: every image in one `generate()` call, saved when it returns (as Candle's main.rs)."""
+    result = sd3.generate(args.prompt, args.uncond_prompt, sampler_name=args.sampler, latents=latents,
+                          quiet=args.quiet, **settings)
     if args.save_latents:
         from safetensors.torch import save_file
 
@@ -186,7 +195,7 @@ def run(args) -> None:
             cfg_scale=options.cfg, seed=image_seed, width=args.width, height=args.height, which=args.which,
             time_shift=options.shift, reference=reference.name, use_slg=args.use_slg,
         ))
-    total_steps = result.steps * -(-len(result.images) // args.batch_size)
+    total_steps = result.steps * -(-len(result.images) // settings["batch_size"])
     seconds = result.timings["denoise"]
     if not args.quiet:
         print(f"{len(result.images)} image(s), {total_steps} steps in {seconds:.2f}s "

@@ -47,7 +47,7 @@ def test_wheel_beside_clip_anytorch(tiny, tmp_path):
     (wheel,) = (tmp_path / "wheels").glob("sd3_from_scratch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert all(n.startswith(("sd3/", "sd3_from_scratch-")) for n in names), [n for n in names if "/" not in n][:5]
-    for package in ("sd3/mmdit/", "sd3/clip/", "sd3/vae/", "sd3/sampling/", "sd3/cli/", "sd3/testing/tiny/"):
+    for package in ("sd3/mmdit/", "sd3/clip/", "sd3/vae/", "sd3/sampling/", "sd3/cli/", "sd3/jobs/", "sd3/testing/tiny/"):
         assert f"{package}__init__.py" in names
 
     venv = tmp_path / "venv"

@@ -1,0 +1,91 @@
+"""`sd3 generate --prompts-file` and `--output-dir`: many images, each saved as soon as it is made.
+
+With `--output-dir DIR` the images are `DIR/00000.png`, `DIR/00001.png`, ... (the global index of
+their prompt line, times `--num-images`, plus the image's number) beside `DIR/manifest.jsonl`;
+running the same command again resumes, and under torchrun each process takes its share
+(sd3/jobs/). Without it they are `--final-image`'s name with `-K` added, as for one prompt.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from sd3.errors import ConfigurationError
+from sd3.jobs.images import check_image_path, save_image
+from sd3.jobs.manifest import check_output_dir
+from sd3.jobs.prompts import read_prompt_file
+from sd3.jobs.run import Job
+from sd3.sampling import VARIANTS, GenerationOptions, PromptItem, StreamStats
+
+
+def items(args) -> list[PromptItem]:
+    """The prompts, each repeated `--num-images` times: image j of line i has index i·N + j, and
+    seed `--seed` + index, or the line's own seed + j."""
+    lines = read_prompt_file(args.prompts_file) if args.prompts_file else [PromptItem(0, args.prompt)]
+    n = args.num_images
+    out = []
+    for line in lines:
+        for j in range(n):
+            overrides = dict(line.overrides)
+            if "seed" in overrides:
+                overrides["seed"] += j
+            out.append(PromptItem(line.index * n + j, line.prompt, overrides))
+    return out
+
+
+def prepare(args, reference, options: GenerationOptions, settings: dict) -> Job | list[PromptItem]:
+    """Check the prompt list, every line's settings and the output path; no model is touched."""
+    if args.latents or args.save_latents:
+        raise ConfigurationError("--latents and --save-latents work with one --prompt, not with --prompts-file or --output-dir")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ConfigurationError(f"`chunk_size` must be at least 1, got {args.chunk_size}")
+    prompts = items(args)
+    variant = VARIANTS[args.which]
+    for item in prompts:  # each line's overrides, checked as the run will use them
+        line = {k: v for k, v in item.overrides.items() if k not in ("seed", "negative_prompt")}
+        if line:
+            GenerationOptions.resolve(variant, reference, sampler=args.sampler, sigmas=None, **{**settings, **line})
+    if args.output_dir is None:
+        check_image_path(Path(args.final_image))
+        return prompts
+    check_output_dir(Path(args.output_dir))
+    recorded = {"which": args.which, "dtype": args.dtype or "default", "reference": reference.name,
+                "t5_length": None if args.no_t5 else reference.t5_length}
+    return Job(Path(args.output_dir), prompts, settings=recorded, generation=_generation(args, settings),
+               negative_prompt=args.uncond_prompt, seed=settings["seed"], batch_size=settings["batch_size"],
+               chunk_size=args.chunk_size, overwrite=args.overwrite)
+
+
+def _generation(args, settings: dict) -> dict:
+    keys = ("height", "width", "steps", "cfg", "shift", "slg", "tile_size")
+    return {**{k: settings[k] for k in keys}, "sampler_name": args.sampler}
+
+
+def run(args, pipe, job, settings: dict, rank) -> None:
+    if isinstance(job, Job):
+        job = replace(job, batch_size=settings["batch_size"], rank=rank)
+        summary = job.run(pipe, quiet=args.quiet)
+        if not args.quiet:
+            stats = summary.stats
+            print(f"rank {rank.rank}/{rank.world}: {summary.written} image(s) written, {summary.skipped} already done, "
+                  f"in {summary.seconds:.1f}s (loading {stats.load_share:.0%} of the work); "
+                  f"{job.folder / 'manifest.jsonl'}", file=sys.stderr)
+        return
+    out, stats = Path(args.final_image), StreamStats()
+    prompts = job
+    stream = pipe.generate_many(prompts, negative_prompt=args.uncond_prompt, seed=settings["seed"],
+                                batch_size=settings["batch_size"], chunk_size=args.chunk_size, stats=stats,
+                                quiet=args.quiet, **_generation(args, settings))
+    for result in stream:
+        path = out if len(prompts) == 1 else out.with_name(f"{out.stem}-{result.index}{out.suffix}")
+        s = result.settings
+        save_image(result.image, path, dict(
+            prompt=result.prompt, negative_prompt=result.negative_prompt, steps=s["steps"], sampler=s["sampler"],
+            cfg_scale=s["cfg"], seed=result.seed, width=s["width"], height=s["height"], which=args.which,
+            time_shift=s["shift"], reference=pipe.reference.name, use_slg=s["slg"] is not None,
+        ))
+    if not args.quiet:
+        print(f"{stats.images} image(s) in {stats.chunks} chunk(s), loading {stats.load_share:.0%} of the work; "
+              f"saved {out.with_name(out.stem + '-*' + out.suffix)}", file=sys.stderr)

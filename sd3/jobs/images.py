@@ -1,0 +1,73 @@
+"""Writing an image so that a crash never leaves a half-written file under its real name.
+
+The bytes go to a temporary name in the same folder, are flushed to disk, and only then renamed
+(`os.replace` is atomic on POSIX and Windows). A PNG carries its settings twice: an
+AUTOMATIC1111-style `parameters` text chunk, which image viewers and other tools read, and the same
+as JSON in an `sd3` chunk; a JPEG carries the text as its comment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from sd3.errors import ConfigurationError
+
+JPEG = (".jpg", ".jpeg")
+
+
+def check_image_path(path: Path) -> None:
+    """Raise before any compute unless `path` names a writable image file of a format Pillow writes."""
+    if path.is_dir():
+        raise ConfigurationError(f"`final_image` {path} is a directory; give a file name such as {path / 'out.png'}")
+    known = Image.registered_extensions()
+    if path.suffix.lower() not in known or known[path.suffix.lower()] not in Image.SAVE:
+        raise ConfigurationError(f"`final_image` {path}: unknown image format '{path.suffix}'; use .png or .jpg")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigurationError(f"`final_image` {path}: the folder {folder} does not exist or is not writable")
+
+
+def a1111_text(parameters: dict) -> str:
+    return (
+        f"{parameters['prompt']}\nNegative prompt: {parameters['negative_prompt']}\n"
+        f"Steps: {parameters['steps']}, Sampler: {parameters['sampler']}, CFG scale: {parameters['cfg_scale']}, "
+        f"Seed: {parameters['seed']}, Size: {parameters['width']}x{parameters['height']}, "
+        f"Model: {parameters['which']}, Shift: {parameters['time_shift']}, Reference: {parameters['reference']}"
+    )
+
+
+def save_image(image: Image.Image, path: Path, parameters: dict) -> str:
+    """Write `image` to `path` atomically with its settings; returns the file's sha256 (hex)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    text = a1111_text(parameters)
+    try:
+        with open(temporary, "wb") as file:
+            if path.suffix.lower() in JPEG:
+                image.save(file, format="JPEG", quality=95, comment=text.encode("utf-8"))
+            else:
+                info = PngInfo()
+                info.add_text("parameters", text)
+                info.add_text("sd3", json.dumps(parameters))
+                image.save(file, format=Image.registered_extensions()[path.suffix.lower()], pnginfo=info)
+            file.flush()
+            os.fsync(file.fileno())
+        digest = sha256_file(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return digest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,123 @@
+"""One process's share of a generation job: skip what is finished, stream the rest, save as it comes.
+
+    job = Job(folder, items, settings=..., batch_size=1)
+    job.run(pipe)              # writes 00000.png ... and manifest.jsonl, resumable
+
+Images are named by their global index (`00007.png`) and written atomically; after each one is on
+disk its manifest line is appended and synced (manifest.py). Run the same job again and it skips
+every image whose line and file verify; an image cut short by a crash has no line, so it is made
+again. A record whose prompt, seed or settings differ from this run's is refused, unless
+`overwrite` says to make those images again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sd3.errors import ConfigurationError
+from sd3.jobs.distributed import Rank
+from sd3.jobs.images import save_image
+from sd3.jobs.manifest import ManifestWriter, check_output_dir, merge, read_records, verified
+from sd3.sampling.stream import PromptItem, StreamStats, describe, item_options
+
+COMPARED = ("prompt", "negative_prompt", "seed", "settings")  # what must match for a record to count as done
+
+
+@dataclass
+class JobSummary:
+    written: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    stats: StreamStats = field(default_factory=StreamStats)
+    manifest: Path | None = None
+
+
+@dataclass
+class Job:
+    """A prompt list rendered into `folder` (one image per item, named by index).
+
+    Args:
+        settings: what every manifest line records besides the image's own (variant, dtype,
+            reference, ...); the image's height, width, steps, cfg, shift, sampler and SLG come
+            from the stream.
+        generation: `generate_many` keyword arguments (height, width, steps, cfg, ...).
+    """
+
+    folder: Path
+    items: list[PromptItem]
+    settings: dict
+    generation: dict
+    negative_prompt: str = ""
+    seed: int = 0
+    batch_size: int = 1
+    chunk_size: int | None = None
+    overwrite: bool = False
+    rank: Rank = field(default_factory=Rank)
+    extension: str = ".png"
+
+    def check(self) -> None:
+        """Everything that can be checked before a model loads: the folder, and no conflicting records."""
+        check_output_dir(self.folder)
+
+    def expected(self, pipe, item: PromptItem) -> dict:
+        """The record fields this run would write for `item` (compared against an earlier run's)."""
+        opts = item_options(pipe, item, self.generation, seed=self.seed, batch_size=self.batch_size)
+        settings = describe(opts)
+        return {"prompt": item.prompt, "negative_prompt": item.overrides.get("negative_prompt", self.negative_prompt),
+                "seed": item.overrides.get("seed", self.seed + item.index), "settings": {**self.settings, **settings}}
+
+    def run(self, pipe, *, quiet: bool = False) -> JobSummary:
+        """Make this rank's unfinished images; rank 0 merges the manifests once every rank is done."""
+        self.check()
+        started, summary = time.perf_counter(), JobSummary()
+        mine = [item for item in self.items if self.rank.owns(item.index, self.batch_size)]
+        records = read_records(self.folder)
+        done = set()
+        for item in mine:
+            record = records.get(item.index)
+            if record is None or not verified(self.folder, record):
+                continue
+            want = self.expected(pipe, item)
+            changed = [k for k in COMPARED if record.get(k) != want[k]]
+            if changed and not self.overwrite:
+                raise ConfigurationError(
+                    f"`output_dir` {self.folder} holds image {item.index} made with a different {changed[0]} "
+                    f"({record.get(changed[0])!r}, now {want[changed[0]]!r}); use another folder, or "
+                    "`overwrite=True` to make such images again"
+                )
+            if not changed:
+                done.add(item.index)
+        # A batch with any image left is computed whole, so that its images match an uninterrupted run.
+        open_batches = {item.index // self.batch_size for item in mine if item.index not in done}
+        todo = [item for item in mine if item.index // self.batch_size in open_batches]
+        summary.skipped = len(done)
+        writer = ManifestWriter(self.folder, self.rank.rank, self.rank.world)
+        if todo:
+            stream = pipe.generate_many(todo, negative_prompt=self.negative_prompt, seed=self.seed,
+                                        batch_size=self.batch_size, chunk_size=self.chunk_size, stats=summary.stats,
+                                        quiet=quiet, **self.generation)
+            for result in stream:
+                if result.index in done:
+                    continue
+                name = f"{result.index:05d}{self.extension}"
+                settings = {**self.settings, **result.settings}
+                digest = save_image(result.image, self.folder / name, _png_parameters(result, settings))
+                writer.append({"index": result.index, "file": name, "prompt": result.prompt,
+                               "negative_prompt": result.negative_prompt, "seed": result.seed, "settings": settings,
+                               "sha256": digest, "seconds": round(result.seconds, 4), "batch_size": self.batch_size})
+                summary.written += 1
+        self.rank.barrier()
+        if self.rank.rank == 0:
+            summary.manifest = merge(self.folder)
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+
+def _png_parameters(result, settings: dict) -> dict:
+    """What the image file itself records (the same fields `sd3 generate --final-image` writes)."""
+    return dict(prompt=result.prompt, negative_prompt=result.negative_prompt, steps=settings["steps"],
+                sampler=settings["sampler"], cfg_scale=settings["cfg"], seed=result.seed, width=settings["width"],
+                height=settings["height"], which=settings.get("which"), time_shift=settings["shift"],
+                reference=settings.get("reference"), use_slg=settings["slg"] is not None, index=result.index)
