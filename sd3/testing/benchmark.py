@@ -68,6 +68,27 @@ def residency_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def throughput_plan(quick: bool, tiny: bool) -> list[dict]:
+    """A 16-prompt list, bfloat16: ours staged, ours resident, and diffusers' pipeline in a loop."""
+    variant, res = ("tiny", 32) if tiny else ("3.5-medium", 256)
+    base = {"task": "throughput", "variant": variant, "dtype": "bfloat16", "res": res, "steps": 2 if quick else 4,
+            "prompts": 16}
+    return [{**base, "impl": "ours", "keep": "stage"}, {**base, "impl": "ours", "keep": "all"},
+            {**base, "impl": "diffusers"}]
+
+
+def throughput_table(results: list[dict]) -> str:
+    reference = next(r for r in results if r["impl"] == "diffusers")
+    lines = [f"{'16 prompts, load to last image':<56}  {'wall':>8}  {'images/hour':>11}  {'vs diffusers':>12}  loading"]
+    for r in results:
+        what = f"{r['variant']} {r['dtype']} {r['res']}², {r['steps']} steps, " + (
+            f"ours keep={r['keep']}" if r["impl"] == "ours" else "diffusers, a call per prompt")
+        share = f"{r['stream']['load_share']:.0%}" if r["stream"] else "-"
+        lines.append(f"{what:<56}  {r['wall_s']:>7.1f}s  {r['images_per_hour']:>11.0f}  "
+                     f"{r['images_per_hour'] / reference['images_per_hour']:>11.2f}×  {share}")
+    return "\n".join(lines)
+
+
 def run_worker(spec: dict, cache: str) -> dict:
     command = [sys.executable, "-m", "sd3.testing.benchmark", "--worker", json.dumps(spec), "--cache-dir", cache]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -125,16 +146,18 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time our MMDiT under torch.compile")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "sd3-from-scratch" / "audit"))
     parser.add_argument("--out", default="benchmark.json")
-    parser.add_argument("--only", choices=("compare", "residency"), help="run one part: ours against diffusers, or residency")
+    parser.add_argument("--only", choices=("compare", "residency", "throughput"),
+                        help="run one part: ours against diffusers, residency, or a 16-prompt list's throughput")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
         print(json.dumps(measure(spec, files_for(spec["variant"], Path(args.cache_dir)))))
         return 0
-    specs = plan(args.quick, args.tiny, args.compile) if args.only != "residency" else []
-    residency = residency_plan(args.quick, args.tiny) if args.only != "compare" else []
-    for variant in {s["variant"] for s in specs + residency}:
+    specs = plan(args.quick, args.tiny, args.compile) if args.only in (None, "compare") else []
+    residency = residency_plan(args.quick, args.tiny) if args.only in (None, "residency") else []
+    throughput = throughput_plan(args.quick, args.tiny) if args.only in (None, "throughput") else []
+    for variant in {s["variant"] for s in specs + residency + throughput}:
         files_for(variant, Path(args.cache_dir))  # write the caches before anything is timed
     results = []
     for index, spec in enumerate(specs):
@@ -148,6 +171,10 @@ def main(argv=None) -> int:
     for spec in residency:
         resident.append(run_worker({**spec, "impl": "ours"}, args.cache_dir))
         print(f"  measured residency {spec['dtype']}", file=sys.stderr, flush=True)
+    listed = []
+    for spec in throughput:
+        listed.append(run_worker(spec, args.cache_dir))
+        print(f"  measured throughput {spec['impl']} {spec.get('keep', '')}", file=sys.stderr, flush=True)
     out = rows(results)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"\n{machine}")
@@ -155,7 +182,10 @@ def main(argv=None) -> int:
         print(table(out))
     if resident:
         print("\n" + residency_table(resident))
+    if listed:
+        print("\n" + throughput_table(listed))
     Path(args.out).write_text(json.dumps({"machine": machine, "results": results, "residency": resident,
+                                          "throughput": listed,
                                           "table": [dict(zip(("what", "ours", "diffusers", "unit"), r)) for r in out]}, indent=2))
     print(f"\nwrote {args.out}")
     return 0

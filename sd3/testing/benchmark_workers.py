@@ -174,7 +174,36 @@ def _residency(spec, files, dtype):
     return out
 
 
-TASKS = {"mmdit": _mmdit, "vae": _vae, "text": _text, "pipeline": _pipeline, "residency": _residency}
+def _throughput(spec, files, dtype):
+    """A 16-prompt list from load to the last image: ours streamed (staged or resident), or
+    diffusers' pipeline loaded once and called once per prompt, as a user would loop over a list."""
+    res, steps, count = spec["res"], spec["steps"], spec["prompts"]
+    prompts = [f"{PROMPT}, photo number {i}" for i in range(count)]
+    start = time.perf_counter()
+    if spec["impl"] == "diffusers":
+        from sd3.testing import reference
+
+        pipe = reference.pipeline(files, dtype)
+        with torch.inference_mode():
+            for i, prompt in enumerate(prompts):
+                pipe(prompt=prompt, negative_prompt=NEGATIVE, height=res, width=res, num_inference_steps=steps,
+                     guidance_scale=4.0, max_sequence_length=77, generator=torch.Generator().manual_seed(i))
+        loads = None
+    else:
+        from sd3.sampling import StableDiffusion3, StreamStats
+
+        stats = StreamStats()
+        pipe = StableDiffusion3(files, dtype=dtype, device="cpu", keep=spec["keep"])
+        for _ in pipe.generate_many(prompts, negative_prompt=NEGATIVE, height=res, width=res, steps=steps, cfg=4.0,
+                                    stats=stats, quiet=True):
+            pass
+        loads = {"load_share": stats.load_share, "chunks": stats.chunk_sizes}
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "images_per_hour": count * 3600 / wall, "stream": loads}
+
+
+TASKS = {"mmdit": _mmdit, "vae": _vae, "text": _text, "pipeline": _pipeline, "residency": _residency,
+         "throughput": _throughput}
 
 
 def measure(spec: dict, files) -> dict:

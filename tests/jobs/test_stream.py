@@ -78,3 +78,19 @@ def test_settings_are_checked_before_anything_loads(files):
     with pytest.raises(ConfigurationError, match="`cfg` must be a finite number"):
         next(pipe.generate_many([PromptItem(0, "a cat"), PromptItem(1, "a dog", {"cfg": float("inf")})], **ARGS))
     assert pipe.models.loads == {}
+
+
+def test_auto_batch_size_follows_the_memory_check(files, monkeypatch):
+    from sd3.sampling import memory
+
+    pipe = StableDiffusion3(files, keep="stage")
+    options = pipe.options(height=32, width=48, steps=2, cfg=4.0, shift=None, seed=0, num_images=1, batch_size=1,
+                           slg=None, sampler_name="euler", sigmas=None, tile_size=None)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**40)
+    assert pipe.auto_batch_size(options, cap=8) == 8
+    one = pipe._activation_bytes(options, pipe._context_tokens())
+    room = max(pipe._weight_bytes["mmdit"] + one["mmdit"], pipe._weight_bytes["vae"] + one["vae"])
+    monkeypatch.setattr(memory, "available_bytes", lambda device: room)  # exactly one image's worth
+    assert pipe.auto_batch_size(options, cap=8) == 1
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)  # unknown: do not guess
+    assert pipe.auto_batch_size(options, cap=8) == 1
