@@ -103,3 +103,16 @@ class GenerationOptions:
             height=height, width=width, cfg=cfg, shift=shift, seed=seed, num_images=num_images,
             batch_size=batch_size, slg=slg, sampler=sampler, schedule=schedule, tile_size=tile_size,
         )
+
+
+def prompt_lists(prompts, negative_prompts) -> tuple[list[str], list[str]]:
+    """(prompts, one negative prompt per prompt) from a string or a list of strings each."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ConfigurationError("`prompts` must be a string or a non-empty list of strings")
+    if negative_prompts is None or isinstance(negative_prompts, str):
+        return prompts, [negative_prompts or ""] * len(prompts)
+    negative_prompts = list(negative_prompts)
+    if len(negative_prompts) != len(prompts) or not all(isinstance(p, str) for p in negative_prompts):
+        raise ConfigurationError(f"{len(prompts)} `prompts` but {len(negative_prompts)} `negative_prompts`")
+    return prompts, negative_prompts

@@ -33,7 +33,7 @@ from sd3.sampling import memory
 from sd3.sampling.guidance import Conditioning, GuidedVelocity, SkipLayerGuidanceConfig
 from sd3.sampling.hub import ModelFiles, model_files
 from sd3.sampling.noise import initial_noise
-from sd3.sampling.options import GenerationOptions
+from sd3.sampling.options import GenerationOptions, prompt_lists
 from sd3.sampling.reference import Reference
 from sd3.sampling.residency import ResidentModels, check_keep
 from sd3.sampling.samplers import StepCallback, sampler
@@ -233,7 +233,7 @@ class StableDiffusion3:
         options = self.options(height=height, width=width, steps=steps, cfg=cfg, shift=shift, seed=seed,
                                num_images=num_images, batch_size=batch_size, slg=slg, sampler_name=sampler_name,
                                sigmas=sigmas, tile_size=tile_size)
-        prompts, negative_prompts = _prompt_lists(prompts, negative_prompts)
+        prompts, negative_prompts = prompt_lists(prompts, negative_prompts)
         per_image = [i for i in range(len(prompts)) for _ in range(num_images)]
         seeds = [seed + k for k in range(len(per_image))]
         noise = self._initial_noise(latents, seeds, options)
@@ -410,15 +410,3 @@ class StableDiffusion3:
             self.models.release("vae")
         return images
 
-
-def _prompt_lists(prompts, negative_prompts) -> tuple[list[str], list[str]]:
-    """(prompts, one negative prompt per prompt) from a string or a list of strings each."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ConfigurationError("`prompts` must be a string or a non-empty list of strings")
-    if negative_prompts is None or isinstance(negative_prompts, str):
-        return prompts, [negative_prompts or ""] * len(prompts)
-    negative_prompts = list(negative_prompts)
-    if len(negative_prompts) != len(prompts) or not all(isinstance(p, str) for p in negative_prompts):
-        raise ConfigurationError(f"{len(prompts)} `prompts` but {len(negative_prompts)} `negative_prompts`")
-    return prompts, negative_prompts
