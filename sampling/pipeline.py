@@ -29,9 +29,10 @@ from sd3 import vae as vae_lib
 from sd3.checkpoint import open_checkpoint
 from sd3.devices import default_dtype, describe, resolve_device, resolve_dtype
 from sd3.errors import ConfigurationError, SamplingError
-from sd3.sampling import memory
+from sd3.sampling import img2img, memory
 from sd3.sampling.guidance import Conditioning, GuidedVelocity, SkipLayerGuidanceConfig
 from sd3.sampling.hub import ModelFiles, model_files
+from sd3.sampling.img2img import ImageLike
 from sd3.sampling.noise import initial_noise
 from sd3.sampling.options import GenerationOptions, prompt_lists
 from sd3.sampling.reference import Reference
@@ -215,6 +216,9 @@ class StableDiffusion3:
         on_step: StepCallback | None = None,
         attention_backend=None,
         quiet: bool = False,
+        init_image: ImageLike | None = None,
+        strength: float | None = None,
+        mask: ImageLike | None = None,
     ) -> GenerationResult:
         """Generate `num_images` images for each prompt; image k (counting across prompts) uses seed + k.
 
@@ -229,22 +233,51 @@ class StableDiffusion3:
             on_step: `on_step(step, steps, latents)` after every step.
             attention_backend: a context manager around denoising (e.g. torch's `sdpa_kernel`).
             quiet: no progress bar.
+            init_image: image to image (a PIL image, a path, or a (1, 3, H, W) tensor in [0, 1]),
+                resized to height x width as diffusers' image processor resizes it.
+            strength: how much of the schedule runs, in (0, 1] (default 0.6 with an `init_image`).
+            mask: inpainting: white repaints, black keeps `init_image` (the same size as it).
+            (sampling/img2img.py explains both, and where the references differ.)
         """
+        img2img.check_strength(strength, init_image is not None, mask is not None)
+        image = img2img.open_image(init_image) if init_image is not None else None
+        mask_image = img2img.open_image(mask, "mask") if mask is not None else None
+        if mask_image is not None and img2img.image_size(mask_image) != img2img.image_size(image):
+            raise ConfigurationError(
+                f"the `mask` is {img2img.image_size(mask_image)} pixels but the `init_image` is "
+                f"{img2img.image_size(image)}: give a mask of the image's size"
+            )
+        if image is not None and latents is not None:
+            raise ConfigurationError("`latents` and `init_image` do not go together: the image sets the start")
         options = self.options(height=height, width=width, steps=steps, cfg=cfg, shift=shift, seed=seed,
                                num_images=num_images, batch_size=batch_size, slg=slg, sampler_name=sampler_name,
                                sigmas=sigmas, tile_size=tile_size)
+        if image is not None:
+            strength = 0.6 if strength is None else strength
+            skip = img2img.start_index(options.steps, strength, self.reference.img2img_start)  # < steps for strength > 0
+            options = dataclasses.replace(options, schedule=options.schedule[skip:])
         prompts, negative_prompts = prompt_lists(prompts, negative_prompts)
         per_image = [i for i in range(len(prompts)) for _ in range(num_images)]
         seeds = [seed + k for k in range(len(per_image))]
-        noise = self._initial_noise(latents, seeds, options)
         timings = {"load": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0}
         staged = self.plan(options)
 
         context, y = self._encode(list(prompts) + list(negative_prompts), staged, timings)
         n, index = len(prompts), torch.tensor(per_image)
         cond = Conditioning(context[:n][index], y[:n][index], context[n:][index], y[n:][index])
-        final = self._denoise(cond, noise, options, staged, timings, on_step, attention_backend, quiet)
-        images = self._decode(final, options, staged, timings)
+        blend = None
+        if image is None:
+            start = self._initial_noise(latents, seeds, options)
+        else:
+            pixels = img2img.preprocess_image(image, options.height, options.width)
+            x0, noise = self._image_latents(pixels, seeds, options, staged, timings)
+            start = img2img.noised(x0, noise, options.schedule[0])
+            if mask_image is not None:
+                blend = img2img.Blend(x0, noise, img2img.preprocess_mask(mask_image, options.height, options.width),
+                               options.schedule)
+        final = self._denoise(cond, start, options, staged, timings, on_step, attention_backend, quiet, blend)
+        shift = mask_image is None or self.reference.inpaint_decode_shift
+        images = self._decode(final, options, staged, timings, shift=shift)
         return GenerationResult(
             images=images, latents=final.cpu(), seeds=seeds, prompts=[prompts[i] for i in per_image],
             negative_prompts=[negative_prompts[i] for i in per_image], steps=options.steps, timings=timings,
@@ -298,6 +331,31 @@ class StableDiffusion3:
             )
         return latents.float().expand(len(seeds), *shape)
 
+    def _image_latents(self, pixels, seeds, options, staged, timings) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, noise), each (n, 16, h, w) float32: the encoded image and the noise for every seed.
+
+        x0 is the posterior's mean, or (reference "diffusers") a sample drawn from the image's seed,
+        whose noise is then the same generator's next draw, as diffusers' img2img and inpaint draw them."""
+        activation = self._activation_bytes(options, self._context_tokens())["vae"]
+        self._check_stage("image encoding", ("vae",), activation, "use a smaller `height`/`width`")
+        model = self._load("vae", lambda: vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device), timings)
+        shape = (len(seeds), 16, options.height // 8, options.width // 8)
+        with torch.no_grad():
+            if self.reference.posterior == "mean":
+                x0 = vae_lib.encode_images(model, pixels.to(self.device, self.dtype)).float().cpu().expand(shape)
+                noise = initial_noise(seeds, *shape[1:])
+            else:
+                x0, noise = [], []
+                for seed in seeds:
+                    generator = torch.Generator().manual_seed(seed)
+                    x0.append(vae_lib.encode_images(model, pixels.to(self.device, self.dtype), generator=generator).float().cpu())
+                    noise.append(torch.randn(1, *shape[1:], generator=generator, dtype=torch.float32))
+                x0, noise = torch.cat(x0), torch.cat(noise)
+        del model
+        if staged:
+            self.models.release("vae")
+        return x0.contiguous(), noise
+
     def _context_tokens(self) -> int:
         t5 = 0 if self.files.t5xxl is None else self.reference.t5_length
         return 77 + t5
@@ -346,7 +404,7 @@ class StableDiffusion3:
     # -- stage 2: denoising ----------------------------------------------------------------------
     def _denoise(
         self, cond: Conditioning, noise: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict,
-        on_step: StepCallback | None = None, attention_backend=None, quiet: bool = True,
+        on_step: StepCallback | None = None, attention_backend=None, quiet: bool = True, blend: img2img.Blend | None = None,
     ) -> torch.Tensor:
         """Noise (n, 16, h, w) -> final latents (n, 16, h, w) float32, in batches."""
         activation = self._activation_bytes(options, cond.context.shape[1])["mmdit"]
@@ -376,7 +434,8 @@ class StableDiffusion3:
                 )
                 x = noise[part].to(self.device, torch.float32)
                 round_to = self.dtype if ref.round_latents else None
-                outputs.append(sample(velocity, x, schedule, round_to=round_to, on_step=after_step))
+                outputs.append(sample(velocity, x, schedule, round_to=round_to, on_step=after_step,
+                                      after_step=blend.part(part, self.device) if blend else None))
         timings["denoise"] += time.perf_counter() - start
         del model
         if staged:
@@ -391,7 +450,7 @@ class StableDiffusion3:
 
     # -- stage 3: decoding -----------------------------------------------------------------------
     def _decode(
-        self, latents: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict
+        self, latents: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict, shift: bool = True
     ) -> list[Image.Image]:
         """Model-space latents (n, 16, h, w) -> n PIL images."""
         activation = self._activation_bytes(options, self._context_tokens())["vae"]
@@ -403,7 +462,7 @@ class StableDiffusion3:
         with torch.no_grad():
             for first in range(0, latents.shape[0], options.batch_size):
                 part = latents[first : first + options.batch_size].to(self.device)
-                images += vae_lib.to_pil(vae_lib.decode_latents(model, part, tile_size=options.tile_size))
+                images += vae_lib.to_pil(vae_lib.decode_latents(model, part, tile_size=options.tile_size, shift=shift))
         timings["decode"] += time.perf_counter() - start
         del model
         if staged:

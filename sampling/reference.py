@@ -36,6 +36,9 @@ class Reference:
     uncond_first: bool = False  # CFG batch order [uncond, cond] (diffusers) vs [cond, uncond]
     uncond_at_cfg_one: bool = False  # run the unconditional pass even at cfg = 1
     round_latents: bool = False  # round latents to the model dtype after every step
+    img2img_start: str = "diffusers"  # how strength picks the first step: "diffusers" or "stability"
+    posterior: str = "mean"  # image to image's x0: the VAE posterior's "mean", or a "sample" (diffusers)
+    inpaint_decode_shift: bool = True  # False: decode inpainted latents without the shift (diffusers)
 
     @classmethod
     def named(cls, name: str | Reference) -> Reference:
@@ -50,6 +53,8 @@ class Reference:
 REFERENCES = {
     "default": Reference("default"),
     "candle": Reference("candle", clip_l_pad="!", clip_g_gelu="gelu_tanh", uncond_at_cfg_one=True, round_latents=True),
-    "stability": Reference("stability", t5_truncate=False, schedule="stability", uncond_at_cfg_one=True),
-    "diffusers": Reference("diffusers", t5_length=256, schedule="diffusers", uncond_first=True, round_latents=True),
+    "stability": Reference("stability", t5_truncate=False, schedule="stability", uncond_at_cfg_one=True,
+                           img2img_start="stability"),
+    "diffusers": Reference("diffusers", t5_length=256, schedule="diffusers", uncond_first=True, round_latents=True,
+                           posterior="sample", inpaint_decode_shift=False),
 }

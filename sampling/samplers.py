@@ -14,6 +14,7 @@ from sd3.errors import SamplingError
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step, steps, latents after it)
+AfterStep = Callable[[int, torch.Tensor], torch.Tensor]  # (step index, latents) -> latents (inpainting's blend)
 
 
 def euler(
@@ -23,12 +24,14 @@ def euler(
     *,
     round_to: torch.dtype | None = None,
     on_step: StepCallback | None = None,
+    after_step: AfterStep | None = None,
 ) -> torch.Tensor:
     """x <- x + v * (sigma_next - sigma): the flow ODE's Euler step (arXiv 2403.03206, eq. 1).
 
     Args:
         round_to: round the latents to this dtype after every step, as diffusers does with the
             model's dtype; None keeps them float32 throughout, as Stability does.
+        after_step: replaces the latents after step i (inpainting's blend, sampling/img2img.py).
     """
     steps = len(sigmas) - 1
     for i in range(steps):
@@ -36,6 +39,8 @@ def euler(
         x = x + (sigmas[i + 1] - sigmas[i]) * v
         if round_to is not None:
             x = x.to(round_to).float()
+        if after_step is not None:
+            x = after_step(i, x)
         if on_step is not None:
             on_step(i + 1, steps, x)
     return x
@@ -48,6 +53,7 @@ def dpmpp_2m(
     *,
     round_to: torch.dtype | None = None,
     on_step: StepCallback | None = None,
+    after_step: AfterStep | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al., arXiv 2211.01095, Alg. 2) on the denoised prediction x0 = x - sigma v.
 
@@ -73,6 +79,8 @@ def dpmpp_2m(
         previous = denoised
         if round_to is not None:
             x = x.to(round_to).float()
+        if after_step is not None:
+            x = after_step(i, x)
         if on_step is not None:
             on_step(i + 1, steps, x)
     return x

@@ -16,7 +16,12 @@ DECODE_TILE_OVERLAP = 16  # latent pixels shared by neighbouring decoding tiles
 
 
 def decode_latents(
-    vae: AutoEncoderKL, latents: torch.Tensor, *, tile_size: int | None = None, tile_overlap: int = DECODE_TILE_OVERLAP
+    vae: AutoEncoderKL,
+    latents: torch.Tensor,
+    *,
+    tile_size: int | None = None,
+    tile_overlap: int = DECODE_TILE_OVERLAP,
+    shift: bool = True,
 ) -> torch.Tensor:
     """Model-space latents (b, 16, h, w) -> images (b, 3, 8h, 8w) in [-1, 1] (not yet clamped).
 
@@ -24,9 +29,11 @@ def decode_latents(
         tile_size: decode in tiles of this many latent pixels (e.g. 64 for 512-pixel tiles) to bound
             memory; None decodes in one go.
         tile_overlap: latent pixels shared by neighbouring tiles.
+        shift: False leaves out the shift, as diffusers' SD3 inpaint pipeline does (a quirk kept
+            only to reproduce it).
     """
     cfg = vae.config
-    z = latents.to(vae.dtype) / cfg.scaling_factor + cfg.shift_factor
+    z = latents.to(vae.dtype) / cfg.scaling_factor + (cfg.shift_factor if shift else 0.0)
     if tile_size is None:
         return vae.decode(z)
     return tiled(vae.decode, z, tile=tile_size, overlap=tile_overlap, scale=cfg.downscale)
