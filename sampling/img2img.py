@@ -16,7 +16,8 @@ original.
 Where the references differ (`Reference`, docs/reference.md §6):
 - start: diffusers skips the first int(N - N * strength) steps (`get_timesteps`); Stability's
   sd3_infer.py keeps sigmas[int(N * (1 - strength)):] (it calls strength `denoise`). Float rounding
-  makes them differ at some (N, strength), e.g. N = 10, strength 0.3: 6 against 7.
+  makes them differ at some (N, strength): at N = 10, strength 0.8, diffusers skips 2 steps and
+  Stability 1 (10 · 0.2 is 1.9999999999999996).
 - x0: diffusers samples the VAE posterior with the call's generator and then draws the noise from
   the same generator; we take the posterior mean by default (deterministic, and the noise is then
   the seed's text-to-image noise). Stability samples the posterior from the global RNG, which the
@@ -97,13 +98,24 @@ def start_index(steps: int, strength: float, convention: str) -> int:
     return int(max(steps - min(steps * strength, steps), 0))  # diffusers' get_timesteps
 
 
-def check_strength(strength: float | None, has_image: bool, has_mask: bool) -> None:
-    if strength is not None and not has_image:
+def check_inputs(
+    init_image: ImageLike | None, strength: float | None, mask: ImageLike | None
+) -> tuple[Image.Image | torch.Tensor | None, Image.Image | torch.Tensor | None]:
+    """(image, mask) opened and checked before any model loads; raises ConfigurationError."""
+    if strength is not None and init_image is None:
         raise ConfigurationError("`strength` needs an `init_image` to start from")
-    if has_mask and not has_image:
+    if mask is not None and init_image is None:
         raise ConfigurationError("a `mask` needs an `init_image`: it says which part of that image to repaint")
     if strength is not None and not 0 < strength <= 1:
         raise ConfigurationError(f"`strength` must be in (0, 1], got {strength}")
+    image = open_image(init_image) if init_image is not None else None
+    mask_image = open_image(mask, "mask") if mask is not None else None
+    if mask_image is not None and image_size(mask_image) != image_size(image):
+        raise ConfigurationError(
+            f"the `mask` is {image_size(mask_image)} pixels but the `init_image` is {image_size(image)}: "
+            "give a mask of the image's size"
+        )
+    return image, mask_image
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -239,14 +239,7 @@ class StableDiffusion3:
             mask: inpainting: white repaints, black keeps `init_image` (the same size as it).
             (sampling/img2img.py explains both, and where the references differ.)
         """
-        img2img.check_strength(strength, init_image is not None, mask is not None)
-        image = img2img.open_image(init_image) if init_image is not None else None
-        mask_image = img2img.open_image(mask, "mask") if mask is not None else None
-        if mask_image is not None and img2img.image_size(mask_image) != img2img.image_size(image):
-            raise ConfigurationError(
-                f"the `mask` is {img2img.image_size(mask_image)} pixels but the `init_image` is "
-                f"{img2img.image_size(image)}: give a mask of the image's size"
-            )
+        image, mask_image = img2img.check_inputs(init_image, strength, mask)
         if image is not None and latents is not None:
             raise ConfigurationError("`latents` and `init_image` do not go together: the image sets the start")
         options = self.options(height=height, width=width, steps=steps, cfg=cfg, shift=shift, seed=seed,

@@ -28,6 +28,7 @@ from sd3.cli import many_images
 from sd3.errors import ConfigurationError, DeviceError, SD3Error
 from sd3.jobs.distributed import Rank
 from sd3.jobs.images import check_image_path, save_image
+from sd3.sampling import img2img
 from sd3.sampling import FILE_NAMES, REFERENCES, SAMPLERS, VARIANTS, GenerationOptions, Reference, StableDiffusion3
 
 AUTO_BATCH_CAP = 8
@@ -40,7 +41,8 @@ FLAGS = {
     "reference": "--reference", "which": "--which", "slg=True": "--use-slg", "prompts": "--prompt",
     "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size",
     "prompts_file": "--prompts-file", "chunk_size": "--chunk-size", "output_dir": "--output-dir",
-    "final_image": "--final-image", "overwrite=True": "--overwrite", 'dtype="bfloat16"': "--dtype bfloat16",
+    "final_image": "--final-image", "overwrite=True": "--overwrite", "init_image": "--init-image",
+    "strength": "--strength", "mask": "--mask", 'dtype="bfloat16"': "--dtype bfloat16",
     'dtype="float32"': "--dtype float32", 'device="cpu"': "--cpu", 'files["t5xxl"]=None': "--no-t5",
     "files": "file flags", **{f'files["{name}"]': "--" + name.replace("_", "-") for name in FILE_NAMES},
 }
@@ -91,6 +93,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=SAMPLERS, default="euler")
     p.add_argument("--tile-size", type=int, help="decode in tiles of this many latent pixels (VAE memory at large sizes)")
     p.add_argument("--compile", action="store_true", help="torch.compile the MMDiT (slow first step)")
+    p.add_argument("--init-image", help="image to image: start from this image, resized to --height x --width as "
+                   "diffusers' image processor resizes it (Lanczos)")
+    p.add_argument("--strength", "--denoise", type=float, help="with --init-image: how much of the schedule runs, in "
+                   "(0, 1]; 1 starts from pure noise (default 0.6; --denoise is Stability's name)")
+    p.add_argument("--mask", help="with --init-image: inpaint, repainting the white area (same size as the image)")
     p.add_argument("--latents", help="initial noise: a .safetensors file with key 'latents'")
     p.add_argument("--save-latents", help="write the final latents (before decoding) to this .safetensors file")
     for flag in ("--checkpoint", "--clip-l", "--clip-g", "--t5xxl", "--vae"):
@@ -136,6 +143,9 @@ def run(args) -> None:
     # Every setting, prompt line and output path is checked before any file is downloaded or read.
     options = GenerationOptions.resolve(VARIANTS[args.which], reference, sampler=args.sampler, sigmas=None, **settings)
     many = args.prompts_file is not None or args.output_dir is not None
+    edit = img2img.check_inputs(args.init_image, args.strength, args.mask)
+    if many and args.init_image:
+        raise ConfigurationError("--init-image and --mask work with one --prompt, not with --prompts-file or --output-dir")
     if many:
         job = many_images.prepare(args, reference, options, settings)
     else:
@@ -166,7 +176,7 @@ def run(args) -> None:
             if many:
                 many_images.run(args, sd3, job, settings, rank)
             else:
-                one_call(args, sd3, reference, options, settings, latents)
+                one_call(args, sd3, reference, options, settings, latents, edit)
         if args.tracing:
             profiler.export_chrome_trace("sd3-trace.json")
     finally:
@@ -179,10 +189,15 @@ def parse_batch_size(value: str) -> int:
     return int(value)
 
 
-def one_call(args, sd3, reference, options, settings, latents) -> None:
+def one_call(args, sd3, reference, options, settings, latents, edit) -> None:
     """One prompt: every image in one `generate()` call, saved when it returns (as Candle's main.rs)."""
+    image, mask = edit
     result = sd3.generate(args.prompt, args.uncond_prompt, sampler_name=args.sampler, latents=latents,
-                          quiet=args.quiet, **settings)
+                          quiet=args.quiet, init_image=image, strength=args.strength, mask=mask, **settings)
+    editing = {}
+    if image is not None:
+        editing = dict(init_image=Path(args.init_image).name, strength=0.6 if args.strength is None else args.strength,
+                       mask=Path(args.mask).name if args.mask else None)
     if args.save_latents:
         from safetensors.torch import save_file
 
@@ -193,7 +208,7 @@ def one_call(args, sd3, reference, options, settings, latents) -> None:
         save_image(image, path, dict(
             prompt=prompt, negative_prompt=args.uncond_prompt, steps=result.steps, sampler=args.sampler,
             cfg_scale=options.cfg, seed=image_seed, width=args.width, height=args.height, which=args.which,
-            time_shift=options.shift, reference=reference.name, use_slg=args.use_slg,
+            time_shift=options.shift, reference=reference.name, use_slg=args.use_slg, **editing,
         ))
     total_steps = result.steps * -(-len(result.images) // settings["batch_size"])
     seconds = result.timings["denoise"]

@@ -34,12 +34,17 @@ def check_image_path(path: Path) -> None:
 
 
 def a1111_text(parameters: dict) -> str:
-    return (
+    text = (
         f"{parameters['prompt']}\nNegative prompt: {parameters['negative_prompt']}\n"
         f"Steps: {parameters['steps']}, Sampler: {parameters['sampler']}, CFG scale: {parameters['cfg_scale']}, "
         f"Seed: {parameters['seed']}, Size: {parameters['width']}x{parameters['height']}, "
         f"Model: {parameters['which']}, Shift: {parameters['time_shift']}, Reference: {parameters['reference']}"
     )
+    if "strength" in parameters:  # image to image, in A1111's own words
+        text += f", Denoising strength: {parameters['strength']}, Init image: {parameters['init_image']}"
+        if parameters.get("mask"):
+            text += f", Mask: {parameters['mask']}"
+    return text
 
 
 def save_image(image: Image.Image, path: Path, parameters: dict) -> str:

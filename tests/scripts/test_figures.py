@@ -23,6 +23,12 @@ def test_block_diagrams(tmp_path):
         assert colors is not None and len(colors) > 50  # drawn, not blank
 
 
+def test_strength_plot(tmp_path):
+    _run("scripts/plot_strength.py", "--out", str(tmp_path / "strength.png"))
+    image = Image.open(tmp_path / "strength.png")
+    assert image.size[0] > 1000 and len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 50
+
+
 def test_schedule_plot(tmp_path):
     _run("scripts/plot_schedules.py", "--out", str(tmp_path / "sigmas.png"))
     assert Image.open(tmp_path / "sigmas.png").size == (1320, 495)

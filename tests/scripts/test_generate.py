@@ -174,3 +174,47 @@ def test_bad_numbers_fail_before_any_file_is_read(tmp_path, capsys, monkeypatch,
     monkeypatch.setattr("sd3.sampling.hub.hf_hub_download", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     assert generate.main(["--cpu", "--quiet", "--final-image", str(tmp_path / "x.png"), *flags]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_image_to_image_and_inpainting_flags(tiny, tmp_path):
+    import numpy as np
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    mask = np.zeros((40, 56), dtype=np.uint8)
+    mask[10:30, 10:40] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert run(tiny, "--init-image", str(tmp_path / "in.png"), "--denoise", "0.5", "--seed", "2",
+               out=tmp_path / "a.png") == 0
+    assert run(tiny, "--init-image", str(tmp_path / "in.png"), "--strength", "0.5", "--mask", str(tmp_path / "mask.png"),
+               "--seed", "2", out=tmp_path / "b.png") == 0
+    a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
+    assert a.size == (48, 64)  # resized to --width x --height
+    recorded = json.loads(b.text["sd3"])
+    assert (recorded["strength"], recorded["init_image"], recorded["mask"]) == (0.5, "in.png", "mask.png")
+    assert "Denoising strength: 0.5, Init image: in.png, Mask: mask.png" in b.text["parameters"]
+    assert json.loads(a.text["sd3"])["steps"] == 1  # 2 steps at strength 0.5: diffusers' rule runs the last one
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--init-image", "/no/such.png"], "--init-image /no/such.png: file not found"),
+        (["--init-image", "BROKEN"], "is not a readable image"),
+        (["--init-image", "IMG", "--strength", "1.5"], "--strength must be in (0, 1], got 1.5"),
+        (["--init-image", "IMG", "--denoise", "0"], "--strength must be in (0, 1], got 0.0"),
+        (["--mask", "MASK"], "a --mask needs an --init-image"),
+        (["--init-image", "IMG", "--mask", "SMALL"], "the --mask is (8, 8) pixels but the --init-image is (56, 40)"),
+    ],
+)
+def test_bad_edit_inputs_fail_before_any_file_is_read(tmp_path, capsys, monkeypatch, flags, message):
+    Image.new("RGB", (56, 40)).save(tmp_path / "img.png")
+    Image.new("L", (56, 40)).save(tmp_path / "mask.png")
+    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    names = {"IMG": "img.png", "MASK": "mask.png", "SMALL": "small.png", "BROKEN": "broken.png"}
+    flags = [str(tmp_path / names[f]) if f in names else f for f in flags]
+    monkeypatch.setattr("sd3.sampling.hub.hf_hub_download", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    assert generate.main(["--cpu", "--quiet", "--final-image", str(tmp_path / "x.png"), *flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "x.png").exists()
