@@ -7,12 +7,16 @@ before loading with a message that says how to fit, not to predict the last mega
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Container, Sequence
 from pathlib import Path
 
 import torch
 
-from sd3.checkpoint import TensorSource
+from sd3 import clip, mmdit
+from sd3 import vae as vae_lib
+from sd3.checkpoint import TensorSource, open_checkpoint
 from sd3.errors import DeviceError
 
 GIB = 2**30
@@ -58,3 +62,62 @@ def check_fits(stage: str, needed: int, device: torch.device, advice: str) -> No
             f"the {stage} stage needs about {needed / GIB:.1f} GiB but only {free / GIB:.1f} GiB are free "
             f"on {device}; {advice}"
         )
+
+
+class StageMemory:
+    """One pipeline's memory arithmetic: each model's weights (read off the file headers, in the
+    compute dtype), each stage's activations for a call, and the checks built on them.
+
+    `resident` arguments are the names of the models already loaded: they cost nothing more.
+    """
+
+    def __init__(self, files, dtype: torch.dtype, device: torch.device, reference, hidden_size: int) -> None:
+        self.dtype, self.device, self.reference, self.hidden_size = dtype, device, reference, hidden_size
+        parts = {"clip_l": (files.clip_l, clip.CLIP_L_PREFIX), "clip_g": (files.clip_g, clip.CLIP_G_PREFIX),
+                 "t5": (files.t5xxl, clip.T5_PREFIX), "mmdit": (files.checkpoint, mmdit.PREFIX),
+                 "vae": (files.vae, vae_lib.PREFIX)}
+        self.weights = {}  # name -> bytes
+        for name, (path, prefix) in parts.items():
+            if path is not None:
+                with open_checkpoint(path) as checkpoint:
+                    self.weights[name] = weight_bytes(checkpoint.component(prefix), dtype)
+
+    def activations(self, options, context_tokens: int) -> dict[str, int]:
+        """Bytes each stage's activations need for a call with `options` (a GenerationOptions)."""
+        cfg_batch = 2 if (options.cfg != 1.0 or self.reference.uncond_at_cfg_one) else 1
+        tokens = context_tokens + (options.height // 16) * (options.width // 16)
+        height, width = options.height, options.width
+        if options.tile_size is not None:  # activations then span one tile (of the whole batch)
+            height, width = min(height, 8 * options.tile_size), min(width, 8 * options.tile_size)
+        return {
+            "text": 0,
+            "mmdit": mmdit_activation_bytes(cfg_batch * options.batch_size, tokens, self.hidden_size, self.dtype),
+            "vae": vae_activation_bytes(options.batch_size, height, width, self.dtype),
+        }
+
+    def fits_together(self, keep: str, resident: Container[str], options, context_tokens: int) -> bool:
+        """Whether a call keeps its models after their stage: `keep`, or for "auto" the memory check."""
+        if keep != "auto":
+            return keep == "all"
+        to_load = sum(size for name, size in self.weights.items() if name not in resident)
+        free = available_bytes(self.device)
+        return free is not None and to_load + max(self.activations(options, context_tokens).values()) <= free
+
+    def check(self, stage: str, names: Sequence[str], resident: Container[str], activation: int, advice: str) -> None:
+        """Refuse a stage whose models (those not yet loaded) and activations do not fit."""
+        needed = sum(self.weights.get(n, 0) for n in names if n not in resident) + activation
+        check_fits(stage, needed, self.device, advice)
+
+    def largest_batch(self, options, context_tokens: int, resident: Container[str], cap: int) -> int:
+        """The largest batch, at most `cap`, whose denoising and decoding fit (1 when free memory is unknown)."""
+        free = available_bytes(self.device)
+        if free is None:
+            return 1
+        pending = {name: 0 if name in resident else size for name, size in self.weights.items()}
+        best = 1
+        for batch in range(1, cap + 1):
+            needed = self.activations(dataclasses.replace(options, batch_size=batch), context_tokens)
+            if max(pending["mmdit"] + needed["mmdit"], pending["vae"] + needed["vae"]) > free:
+                break
+            best = batch
+        return best

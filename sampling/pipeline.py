@@ -95,9 +95,9 @@ class StableDiffusion3:
         logger.info("%s, %s", describe(self.device), str(self.dtype).removeprefix("torch."))
         self.models = ResidentModels(self.device, on_load)
         self._tokenizers: dict[str, object] = {}
-        self._weight_bytes = self._measure_weights()
         with open_checkpoint(files.checkpoint) as checkpoint:
             self.mmdit_config = mmdit.Config.from_state_dict(checkpoint.component(mmdit.PREFIX).shapes())
+        self.memory = memory.StageMemory(files, self.dtype, self.device, self.reference, self.mmdit_config.hidden_size)
 
     @classmethod
     def from_variant(
@@ -149,43 +149,6 @@ class StableDiffusion3:
 
     def __exit__(self, *exc) -> None:
         self.unload()
-
-    def _measure_weights(self) -> dict[str, int]:
-        """Bytes of each model in the compute dtype, read off the files' headers (no weight is read)."""
-        f = self.files
-        parts = {"clip_l": (f.clip_l, clip.CLIP_L_PREFIX), "clip_g": (f.clip_g, clip.CLIP_G_PREFIX),
-                 "t5": (f.t5xxl, clip.T5_PREFIX), "mmdit": (f.checkpoint, mmdit.PREFIX), "vae": (f.vae, vae_lib.PREFIX)}
-        sizes = {}
-        for name, (path, prefix) in parts.items():
-            if path is not None:
-                with open_checkpoint(path) as checkpoint:
-                    sizes[name] = memory.weight_bytes(checkpoint.component(prefix), self.dtype)
-        return sizes
-
-    def _activation_bytes(self, options: GenerationOptions, context_tokens: int) -> dict[str, int]:
-        cfg_batch = 2 if (options.cfg != 1.0 or self.reference.uncond_at_cfg_one) else 1
-        tokens = context_tokens + (options.height // 16) * (options.width // 16)
-        height, width = options.height, options.width
-        if options.tile_size is not None:  # activations then span one tile (of the whole batch)
-            height, width = min(height, 8 * options.tile_size), min(width, 8 * options.tile_size)
-        return {
-            "text": 0,
-            "mmdit": memory.mmdit_activation_bytes(cfg_batch * options.batch_size, tokens,
-                                                   self.mmdit_config.hidden_size, self.dtype),
-            "vae": memory.vae_activation_bytes(options.batch_size, height, width, self.dtype),
-        }
-
-    def _stays_resident(self, activations: dict[str, int]) -> bool:
-        """This call's policy: keep models after their stage (True) or free them (False)."""
-        if self.keep != "auto":
-            return self.keep == "all"
-        to_load = sum(size for name, size in self._weight_bytes.items() if name not in self.models)
-        free = memory.available_bytes(self.device)
-        return free is not None and to_load + max(activations.values()) <= free
-
-    def _check_stage(self, stage: str, names: Sequence[str], activation: int, advice: str) -> None:
-        needed = sum(self._weight_bytes.get(n, 0) for n in names if n not in self.models) + activation
-        memory.check_fits(stage, needed, self.device, advice)
 
     # -- the call --------------------------------------------------------------------------------
     def check_size(self, height: int, width: int) -> None:
@@ -293,22 +256,12 @@ class StableDiffusion3:
 
     def auto_batch_size(self, options: GenerationOptions, cap: int = 8) -> int:
         """The largest batch, at most `cap`, whose denoising and decoding the memory check admits (1 if unknown)."""
-        free = memory.available_bytes(self.device)
-        if free is None:
-            return 1
-        pending = {name: 0 if name in self.models else size for name, size in self._weight_bytes.items()}
-        best = 1
-        for batch in range(1, cap + 1):
-            needed = self._activation_bytes(dataclasses.replace(options, batch_size=batch), self._context_tokens())
-            if max(pending["mmdit"] + needed["mmdit"], pending["vae"] + needed["vae"]) > free:
-                break
-            best = batch
-        return best
+        return self.memory.largest_batch(options, self._context_tokens(), self.models, cap)
 
     def plan(self, options: GenerationOptions) -> bool:
         """Whether a call with `options` runs staged (models freed after their stage); a staged
         call first frees whatever an earlier call left loaded."""
-        staged = not self._stays_resident(self._activation_bytes(options, self._context_tokens()))
+        staged = not self.memory.fits_together(self.keep, self.models, options, self._context_tokens())
         if staged:
             self.models.release()
         return staged
@@ -329,8 +282,8 @@ class StableDiffusion3:
 
         x0 is the posterior's mean, or (reference "diffusers") a sample drawn from the image's seed,
         whose noise is then the same generator's next draw, as diffusers' img2img and inpaint draw them."""
-        activation = self._activation_bytes(options, self._context_tokens())["vae"]
-        self._check_stage("image encoding", ("vae",), activation, "use a smaller `height`/`width`")
+        activation = self.memory.activations(options, self._context_tokens())["vae"]
+        self.memory.check("image encoding", ("vae",), self.models, activation, "use a smaller `height`/`width`")
         model = self._load("vae", lambda: vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device), timings)
         shape = (len(seeds), 16, options.height // 8, options.width // 8)
         with torch.no_grad():
@@ -364,7 +317,7 @@ class StableDiffusion3:
     # -- stage 1: text ---------------------------------------------------------------------------
     def _text_encoder(self, timings: dict) -> clip.TripleTextEncoder:
         ref, files, dtype, device = self.reference, self.files, self.dtype, self.device
-        self._check_stage("text encoding", TEXT_ENCODERS, 0,
+        self.memory.check("text encoding", TEXT_ENCODERS, self.models, 0,
                           'use `dtype="bfloat16"` or `files["t5xxl"]=None` (saves ~10 GB), or `device="cpu"`')
         clip_l = self._load("clip_l", lambda: clip.load_clip_l(files.clip_l, dtype=dtype, device=device), timings)
         clip_g = self._load("clip_g", lambda: clip.load_clip_g(
@@ -400,8 +353,8 @@ class StableDiffusion3:
         on_step: StepCallback | None = None, attention_backend=None, quiet: bool = True, blend: img2img.Blend | None = None,
     ) -> torch.Tensor:
         """Noise (n, 16, h, w) -> final latents (n, 16, h, w) float32, in batches."""
-        activation = self._activation_bytes(options, cond.context.shape[1])["mmdit"]
-        self._check_stage("denoising", ("mmdit",), activation,
+        activation = self.memory.activations(options, cond.context.shape[1])["mmdit"]
+        self.memory.check("denoising", ("mmdit",), self.models, activation,
                           'use `dtype="bfloat16"`, a smaller `height`/`width` or `batch_size=1`')
         prepare = torch.compile if self.compile else None
         model = self._load("mmdit", lambda: mmdit.load_mmdit(self.files.checkpoint, dtype=self.dtype, device=self.device),
@@ -446,8 +399,8 @@ class StableDiffusion3:
         self, latents: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict, shift: bool = True
     ) -> list[Image.Image]:
         """Model-space latents (n, 16, h, w) -> n PIL images."""
-        activation = self._activation_bytes(options, self._context_tokens())["vae"]
-        self._check_stage("decoding", ("vae",), activation,
+        activation = self.memory.activations(options, self._context_tokens())["vae"]
+        self.memory.check("decoding", ("vae",), self.models, activation,
                           'use `batch_size=1`, `dtype="bfloat16"` or a smaller `height`/`width`')
         model = self._load("vae", lambda: vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device), timings)
         images = []

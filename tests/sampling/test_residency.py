@@ -40,12 +40,12 @@ def test_keep_stage_frees_every_stage_and_reloads_next_call(files):
 
 def test_keep_auto_follows_the_memory_check(files, monkeypatch):
     pipe = _pipeline(files, "auto")
-    total = sum(pipe._weight_bytes.values())
+    total = sum(pipe.memory.weights.values())
     monkeypatch.setattr(memory, "available_bytes", lambda device: 100 * total)
     pipe.generate("a cat", **ARGS)
     assert set(pipe.models.models) == ALL  # everything fits together: resident
     pipe.unload()
-    largest = max(pipe._weight_bytes["mmdit"], sum(pipe._weight_bytes[n] for n in ("clip_l", "clip_g", "t5")))
+    largest = max(pipe.memory.weights["mmdit"], sum(pipe.memory.weights[n] for n in ("clip_l", "clip_g", "t5")))
     monkeypatch.setattr(memory, "available_bytes", lambda device: largest + 2**20)  # one stage fits, not all
     pipe.generate("a cat", **ARGS)
     assert pipe.models.models == {} and pipe.models.loads["mmdit"] == 2  # staged: each stage freed
