@@ -126,3 +126,16 @@ def test_bad_inputs_are_refused_before_anything_loads(files, init_image, mask, t
     with pytest.raises(ConfigurationError, match=message):
         pipe.generate(PROMPT, height=HEIGHT, width=WIDTH, steps=STEPS, cfg=4.0, **kwargs)
     assert pipe.models.loads == {}
+
+
+def test_a_tensor_a_path_and_a_pil_image_give_the_same_result(files, init_image, tmp_path):
+    image = init_image.resize((WIDTH, HEIGHT))
+    image.save(tmp_path / "image.png")
+    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    pipe = StableDiffusion3(files, keep="all")
+    settings = dict(height=HEIGHT, width=WIDTH, steps=STEPS, cfg=4.0, seed=SEED, strength=0.6, quiet=True)
+    results = [pipe.generate(PROMPT, init_image=source, **settings).latents
+               for source in (image, tensor, str(tmp_path / "image.png"))]
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+    with pytest.raises(ConfigurationError, match=r"`init_image` as a tensor must be \(1, 3, 64, 48\)"):
+        pipe.generate(PROMPT, init_image=tensor[:, :32], **settings)
