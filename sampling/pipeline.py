@@ -29,6 +29,7 @@ from sd3 import vae as vae_lib
 from sd3.checkpoint import open_checkpoint
 from sd3.devices import default_dtype, describe, resolve_device, resolve_dtype
 from sd3.errors import ConfigurationError, SamplingError
+from sd3.lora import LoRA, load_lora
 from sd3.sampling import img2img, memory
 from sd3.sampling.guidance import Conditioning, GuidedVelocity, SkipLayerGuidanceConfig
 from sd3.sampling.hub import ModelFiles, model_files
@@ -93,7 +94,9 @@ class StableDiffusion3:
         self.dtype = resolve_dtype(dtype) if dtype is not None else default_dtype(self.device)
         self.compile = compile
         logger.info("%s, %s", describe(self.device), str(self.dtype).removeprefix("torch."))
-        self.models = ResidentModels(self.device, on_load)
+        self.loras: list[tuple] = []  # (LoRA, scale, merge, strict), applied to each model as it loads
+        self._user_on_load = on_load or (lambda name, module: None)
+        self.models = ResidentModels(self.device, self._adapt)
         self._tokenizers: dict[str, object] = {}
         with open_checkpoint(files.checkpoint) as checkpoint:
             self.mmdit_config = mmdit.Config.from_state_dict(checkpoint.component(mmdit.PREFIX).shapes())
@@ -138,6 +141,22 @@ class StableDiffusion3:
         resolved = model_files(chosen, files, revision=revision, cache_dir=cache_dir)
         return cls(resolved, variant=chosen, reference=reference, dtype=dtype, device=device, keep=keep,
                    on_load=on_load, compile=compile)
+
+    # -- adapters --------------------------------------------------------------------------------
+    def add_lora(self, path, scale: float = 1.0, *, merge: bool = True, strict: bool = True) -> LoRA:
+        """Apply a LoRA file (diffusers/PEFT, kohya or original names; or a `LoRA` already read) to this
+        pipeline's models: now to those loaded, at load to the rest. Returns the LoRA (its `sha256`).
+        `merge=False` keeps the weights untouched and adds the delta at forward time (docs/lora.md)."""
+        lora = path if isinstance(path, LoRA) else load_lora(path)
+        self.loras.append((lora, scale, merge, strict))
+        for name, module in self.models.models.items():
+            lora.apply({name: module}, scale, merge=merge, strict=strict, only=name)
+        return lora
+
+    def _adapt(self, name: str, module: nn.Module) -> None:
+        for lora, scale, merge, strict in self.loras:
+            lora.apply({name: module}, scale, merge=merge, strict=strict, only=name)
+        self._user_on_load(name, module)
 
     # -- residency -------------------------------------------------------------------------------
     def unload(self) -> None:

@@ -28,6 +28,7 @@ from sd3.cli import many_images
 from sd3.errors import ConfigurationError, DeviceError, SD3Error
 from sd3.jobs.distributed import Rank
 from sd3.jobs.images import check_image_path, save_image
+from sd3.lora import load_lora
 from sd3.sampling import img2img
 from sd3.sampling import FILE_NAMES, REFERENCES, SAMPLERS, VARIANTS, GenerationOptions, Reference, StableDiffusion3
 
@@ -42,7 +43,8 @@ FLAGS = {
     "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size",
     "prompts_file": "--prompts-file", "chunk_size": "--chunk-size", "output_dir": "--output-dir",
     "final_image": "--final-image", "overwrite=True": "--overwrite", "init_image": "--init-image",
-    "strength": "--strength", "mask": "--mask", 'dtype="bfloat16"': "--dtype bfloat16",
+    "strength": "--strength", "mask": "--mask",
+    "strict=False": "--lora-ignore-unmatched", 'dtype="bfloat16"': "--dtype bfloat16",
     'dtype="float32"': "--dtype float32", 'device="cpu"': "--cpu", 'files["t5xxl"]=None': "--no-t5",
     "files": "file flags", **{f'files["{name}"]': "--" + name.replace("_", "-") for name in FILE_NAMES},
 }
@@ -98,6 +100,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", "--denoise", type=float, help="with --init-image: how much of the schedule runs, in "
                    "(0, 1]; 1 starts from pure noise (default 0.6; --denoise is Stability's name)")
     p.add_argument("--mask", help="with --init-image: inpaint, repainting the white area (same size as the image)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="apply a LoRA (diffusers/PEFT, kohya or original names), scale 1 unless given; repeatable")
+    p.add_argument("--lora-ignore-unmatched", action="store_true",
+                   help="apply the LoRA keys that match and warn about the rest (default: refuse the file)")
     p.add_argument("--latents", help="initial noise: a .safetensors file with key 'latents'")
     p.add_argument("--save-latents", help="write the final latents (before decoding) to this .safetensors file")
     for flag in ("--checkpoint", "--clip-l", "--clip-g", "--t5xxl", "--vae"):
@@ -144,10 +150,11 @@ def run(args) -> None:
     options = GenerationOptions.resolve(VARIANTS[args.which], reference, sampler=args.sampler, sigmas=None, **settings)
     many = args.prompts_file is not None or args.output_dir is not None
     edit = img2img.check_inputs(args.init_image, args.strength, args.mask)
+    loras = [(load_lora(path), scale) for path, scale in map(parse_lora, args.lora)]  # read and checked now
     if many and args.init_image:
         raise ConfigurationError("--init-image and --mask work with one --prompt, not with --prompts-file or --output-dir")
     if many:
-        job = many_images.prepare(args, reference, options, settings)
+        job = many_images.prepare(args, reference, options, settings, loras)
     else:
         check_image_path(Path(args.final_image))
     latents = read_latents(args.latents) if args.latents else None
@@ -163,6 +170,8 @@ def run(args) -> None:
             keep="auto" if many else "stage", reference=reference, revision=args.revision, cache_dir=args.cache_dir,
             compile=args.compile,
         )
+        for lora, scale in loras:
+            sd3.add_lora(lora, scale, strict=not args.lora_ignore_unmatched)
         if auto_batch:
             settings["batch_size"] = sd3.auto_batch_size(options, cap=AUTO_BATCH_CAP)
             logging.getLogger(__name__).info("batch size %d", settings["batch_size"])
@@ -181,6 +190,17 @@ def run(args) -> None:
             profiler.export_chrome_trace("sd3-trace.json")
     finally:
         rank.stop()
+
+
+def parse_lora(value: str) -> tuple[Path, float]:
+    """`PATH[:SCALE]` -> (path, scale)."""
+    path, _, scale = value.rpartition(":")
+    if path:
+        try:
+            return Path(path), float(scale)
+        except ValueError:
+            pass
+    return Path(value), 1.0
 
 
 def parse_batch_size(value: str) -> int:
@@ -209,6 +229,7 @@ def one_call(args, sd3, reference, options, settings, latents, edit) -> None:
             prompt=prompt, negative_prompt=args.uncond_prompt, steps=result.steps, sampler=args.sampler,
             cfg_scale=options.cfg, seed=image_seed, width=args.width, height=args.height, which=args.which,
             time_shift=options.shift, reference=reference.name, use_slg=args.use_slg, **editing,
+            **({"loras": many_images.lora_records(sd3.loras)} if sd3.loras else {}),
         ))
     total_steps = result.steps * -(-len(result.images) // settings["batch_size"])
     seconds = result.timings["denoise"]

@@ -35,7 +35,12 @@ def items(args) -> list[PromptItem]:
     return out
 
 
-def prepare(args, reference, options: GenerationOptions, settings: dict) -> Job | list[PromptItem]:
+def lora_records(loras) -> list[dict]:
+    """What an image records of each LoRA (entries `(lora, scale, ...)`): file name, sha256, scale."""
+    return [{"file": entry[0].path.name, "sha256": entry[0].sha256, "scale": entry[1]} for entry in loras]
+
+
+def prepare(args, reference, options: GenerationOptions, settings: dict, loras=()) -> Job | list[PromptItem]:
     """Check the prompt list, every line's settings and the output path; no model is touched."""
     if args.latents or args.save_latents:
         raise ConfigurationError("--latents and --save-latents work with one --prompt, not with --prompts-file or --output-dir")
@@ -52,7 +57,7 @@ def prepare(args, reference, options: GenerationOptions, settings: dict) -> Job 
         return prompts
     check_output_dir(Path(args.output_dir))
     recorded = {"which": args.which, "dtype": args.dtype or "default", "reference": reference.name,
-                "t5_length": None if args.no_t5 else reference.t5_length}
+                "t5_length": None if args.no_t5 else reference.t5_length, "loras": lora_records(loras)}
     return Job(Path(args.output_dir), prompts, settings=recorded, generation=_generation(args, settings),
                negative_prompt=args.uncond_prompt, seed=settings["seed"], batch_size=settings["batch_size"],
                chunk_size=args.chunk_size, overwrite=args.overwrite)
@@ -85,6 +90,7 @@ def run(args, pipe, job, settings: dict, rank) -> None:
             prompt=result.prompt, negative_prompt=result.negative_prompt, steps=s["steps"], sampler=s["sampler"],
             cfg_scale=s["cfg"], seed=result.seed, width=s["width"], height=s["height"], which=args.which,
             time_shift=s["shift"], reference=pipe.reference.name, use_slg=s["slg"] is not None,
+            **({"loras": lora_records(pipe.loras)} if pipe.loras else {}),
         ))
     if not args.quiet:
         print(f"{stats.images} image(s) in {stats.chunks} chunk(s), loading {stats.load_share:.0%} of the work; "

@@ -44,6 +44,9 @@ def a1111_text(parameters: dict) -> str:
         text += f", Denoising strength: {parameters['strength']}, Init image: {parameters['init_image']}"
         if parameters.get("mask"):
             text += f", Mask: {parameters['mask']}"
+    if parameters.get("loras"):  # A1111 writes LoRAs as <lora:name:weight> tags and their hashes
+        text += ", Lora hashes: \"" + ", ".join(f"{l['file']}: {l['sha256'][:12]}" for l in parameters["loras"]) + "\""
+        text += ", Loras: " + " ".join(f"<lora:{Path(l['file']).stem}:{l['scale']}>" for l in parameters["loras"])
     return text
 
 

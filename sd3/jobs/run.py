@@ -120,4 +120,5 @@ def _png_parameters(result, settings: dict) -> dict:
     return dict(prompt=result.prompt, negative_prompt=result.negative_prompt, steps=settings["steps"],
                 sampler=settings["sampler"], cfg_scale=settings["cfg"], seed=result.seed, width=settings["width"],
                 height=settings["height"], which=settings.get("which"), time_shift=settings["shift"],
-                reference=settings.get("reference"), use_slg=settings["slg"] is not None, index=result.index)
+                reference=settings.get("reference"), use_slg=settings["slg"] is not None, index=result.index,
+                **({"loras": settings["loras"]} if settings.get("loras") else {}))

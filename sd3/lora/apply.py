@@ -1,0 +1,173 @@
+"""Applying LoRAs to loaded models: merged into the weights, or as a delta computed at forward time.
+
+    lora = load_lora("style.safetensors")
+    handle = lora.apply({"mmdit": model, "clip_l": clip_l}, scale=0.8)               # merged
+    handle.remove()                                                                   # weights restored bit for bit
+    handle = lora.apply(models, scale=0.8, merge=False); handle.scale = 0.5          # unmerged: scale changes live
+
+Merged: W += ΔW, the touched rows kept aside so `remove()` puts the exact original bits back.
+Unmerged: `weight` becomes a parametrization (torch.nn.utils.parametrize) returning W + Σ ΔW on
+every access, so code that reads `qkv.weight` directly (the MMDiT's split q, k, v GEMMs) sees it
+too; several LoRAs stack and each handle's `scale` is read at forward time.
+
+Strict by default: a key that maps to no module, a shape that does not fit, or a LoRA made for
+another architecture is an error naming the keys and the detected format; `strict=False` applies
+what maps and warns with the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from sd3.errors import ModelLoadingError
+from sd3.lora.formats import LoRAFile, LoRAModule, read_lora
+from sd3.lora.mapping import KOHYA_COMPONENTS, Target, diffusers_target, foreign_architecture, kohya_target
+
+logger = logging.getLogger(__name__)
+_SHOWN = 5
+
+
+@dataclass
+class _Change:
+    linear: nn.Linear
+    rows: slice
+    down: torch.Tensor  # (rank, in)
+    up: torch.Tensor  # (rows, rank), halves already swapped where the target says so
+    factor: float  # alpha / rank
+    backup: torch.Tensor | None = None  # merged: the original rows
+
+
+class LoRAHandle:
+    """One LoRA applied to some models; `scale` (unmerged) changes it live, `remove()` takes it out."""
+
+    def __init__(self, lora: LoRA, scale: float, merged: bool, changes: list[_Change]) -> None:
+        self.lora, self.scale, self.merged, self.changes = lora, scale, merged, changes
+
+    def remove(self) -> None:
+        for change in reversed(self.changes):
+            if self.merged:
+                change.linear.weight.data[change.rows] = change.backup
+            else:
+                deltas = change.linear.parametrizations.weight[0]
+                deltas.entries = [e for e in deltas.entries if e[0] is not self]
+                if not deltas.entries:
+                    parametrize.remove_parametrizations(change.linear, "weight", leave_parametrized=False)
+        self.changes = []
+
+
+class _Deltas(nn.Module):
+    """A weight parametrization: W + Σ scale · (alpha / rank) · up @ down over the applied LoRAs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[tuple[LoRAHandle, _Change]] = []
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        out = weight.clone()
+        for handle, change in self.entries:
+            delta = (handle.scale * change.factor) * (change.up @ change.down)
+            out[change.rows] += delta.to(out.dtype)
+        return out
+
+
+@dataclass
+class LoRA:
+    """A LoRA file read once; apply it to as many models, as many times, as wanted."""
+
+    file: LoRAFile
+    sha256: str = field(default="")
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
+    def apply(self, models: dict[str, nn.Module], scale: float = 1.0, *, merge: bool = True,
+              strict: bool = True, only: str | None = None) -> LoRAHandle:
+        """Apply to `models` ({"mmdit": ..., "clip_l": ..., "clip_g": ..., "t5": ...}, any subset).
+
+        `only`: adapt that component alone and pass over modules aimed at the others (a pipeline
+        applies a LoRA to each model as it loads); a module aimed at nothing is still an error."""
+        planned = self._plan(models, strict, only)
+        handle = LoRAHandle(self, scale, merge, [])
+        with torch.no_grad():
+            for module, target, linear in planned:
+                change = _change(module, target, linear)
+                if merge:
+                    change.backup = linear.weight.data[change.rows].clone()
+                    delta = (scale * change.factor) * (change.up @ change.down)
+                    linear.weight.data[change.rows] = (change.backup.float() + delta).to(linear.weight.dtype)
+                else:
+                    if not parametrize.is_parametrized(linear, "weight"):
+                        parametrize.register_parametrization(linear, "weight", _Deltas(), unsafe=True)
+                    linear.parametrizations.weight[0].entries.append((handle, change))
+                handle.changes.append(change)
+        return handle
+
+    def _plan(self, models: dict[str, nn.Module], strict: bool, only: str | None = None):
+        linears = {c: {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)} for c, model in models.items()}
+        depth = len(models["mmdit"].joint_blocks) if "mmdit" in models else 0
+        planned, unmapped, mismatched = [], [], []
+        for module in self.file.modules:
+            target = self._target(module.name, depth, linears)
+            if only is not None and target is not None and target.component != only:
+                continue
+            linear = linears.get(target.component, {}).get(target.module) if target else None
+            if linear is None:
+                unmapped.append(module.name)
+                continue
+            rows = linear.out_features // 3 if target.block is not None else linear.out_features
+            if module.up.shape[0] != rows or module.down.shape[1] != linear.in_features:
+                mismatched.append(f"{module.name} ({module.up.shape[0]}x{module.down.shape[1]} against "
+                                  f"{target.module}'s {rows}x{linear.in_features})")
+                continue
+            planned.append((module, target, linear))
+        where = f"LoRA {self.path.name} ({self.file.format} format)"
+        foreign = foreign_architecture([m.name for m in self.file.modules])
+        if foreign and (unmapped or mismatched):
+            raise ModelLoadingError(f"{where} was made for {foreign}, not for SD3: e.g. {(unmapped + mismatched)[:2]}")
+        if mismatched:
+            raise ModelLoadingError(
+                f"{where} does not fit this model's shapes, so it was made for another SD3 variant: "
+                f"{len(mismatched)} modules, e.g. {mismatched[:_SHOWN]}"
+            )
+        if unmapped:
+            message = (f"{where}: {len(unmapped)} of {len(self.file.modules)} modules map to nothing in the loaded "
+                       f"models: {unmapped[:_SHOWN]}")
+            if strict:
+                raise ModelLoadingError(message + "; fix the names, or pass `strict=False` to apply the rest")
+            logger.warning("%s; ignored, the rest applied", message)
+        return planned
+
+    def _target(self, name: str, depth: int, linears: dict) -> Target | None:
+        if self.file.format == "diffusers":
+            return diffusers_target(name, depth)
+        if self.file.format == "kohya":
+            found = kohya_target(name, {c: set(names) for c, names in linears.items()})
+            prefix = name.split("_", 2)[0] + "_" + name.split("_", 2)[1]  # a component not loaded here
+            return found or (Target(KOHYA_COMPONENTS[prefix], name) if prefix in KOHYA_COMPONENTS and
+                             KOHYA_COMPONENTS[prefix] not in linears else None)
+        return Target("mmdit", name)
+
+
+def _change(module: LoRAModule, target: Target, linear: nn.Linear) -> _Change:
+    n = linear.out_features // 3
+    rows = slice(target.block * n, (target.block + 1) * n) if target.block is not None else slice(None)
+    up = module.up
+    if target.swap_halves:  # diffusers' (scale, shift) onto the checkpoint's (shift, scale)
+        up = torch.cat(up.chunk(2)[::-1])
+    device = linear.weight.device
+    return _Change(linear, rows, module.down.to(device), up.to(device), module.alpha / module.rank)
+
+
+def load_lora(path: str | Path) -> LoRA:
+    """Read a LoRA `.safetensors` file (diffusers/PEFT, kohya or original names)."""
+    from sd3.jobs.images import sha256_file
+
+    file = read_lora(path)
+    return LoRA(file, sha256_file(Path(path)))

@@ -1,0 +1,98 @@
+"""Where each LoRA key lands in our modules (the checkpoint's names), for the three formats in use.
+
+| format | a key | our module |
+|---|---|---|
+| diffusers / PEFT | `transformer.transformer_blocks.3.attn.to_q.lora_A.weight` | rows 0..d of `joint_blocks.3.x_block.attn.qkv` |
+| kohya (sd-scripts, ComfyUI) | `lora_unet_joint_blocks_3_x_block_attn_qkv.lora_down.weight` | `joint_blocks.3.x_block.attn.qkv` |
+| original names | `diffusion_model.joint_blocks.3.x_block.attn.qkv.lora_down.weight` | `joint_blocks.3.x_block.attn.qkv` |
+
+Text encoders: diffusers `text_encoder.` (CLIP-L), `text_encoder_2.` (CLIP-G); kohya `lora_te1_`,
+`lora_te2_`, `lora_te3_` (T5), each followed by the transformers module name, which is ours too.
+
+diffusers splits what the checkpoint fuses, so its q, k and v land on row blocks of our `qkv`
+(q first). Two of its modulations store (scale, shift) where the checkpoint stores (shift, scale):
+the last block's `norm1_context.linear` and `norm_out.linear`; their deltas swap halves.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# diffusers' SD3 module (after `transformer_blocks.N.`) -> (our module after `joint_blocks.N.`, row block of 3)
+_BLOCK = {
+    "attn.to_q": ("x_block.attn.qkv", 0), "attn.to_k": ("x_block.attn.qkv", 1), "attn.to_v": ("x_block.attn.qkv", 2),
+    "attn.add_q_proj": ("context_block.attn.qkv", 0), "attn.add_k_proj": ("context_block.attn.qkv", 1),
+    "attn.add_v_proj": ("context_block.attn.qkv", 2),
+    "attn.to_out.0": ("x_block.attn.proj", None), "attn.to_add_out": ("context_block.attn.proj", None),
+    "attn2.to_q": ("x_block.attn2.qkv", 0), "attn2.to_k": ("x_block.attn2.qkv", 1), "attn2.to_v": ("x_block.attn2.qkv", 2),
+    "attn2.to_out.0": ("x_block.attn2.proj", None),
+    "ff.net.0.proj": ("x_block.mlp.fc1", None), "ff.net.2": ("x_block.mlp.fc2", None),
+    "ff_context.net.0.proj": ("context_block.mlp.fc1", None), "ff_context.net.2": ("context_block.mlp.fc2", None),
+    "norm1.linear": ("x_block.adaLN_modulation.1", None),
+    "norm1_context.linear": ("context_block.adaLN_modulation.1", None),
+}
+# diffusers' SD3 modules outside the blocks -> ours
+_TOP = {
+    "proj_out": "final_layer.linear", "norm_out.linear": "final_layer.adaLN_modulation.1",
+    "context_embedder": "context_embedder",
+    "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+    "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+    "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+    "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+}
+_DIFFUSERS_COMPONENTS = {"transformer": "mmdit", "text_encoder": "clip_l", "text_encoder_2": "clip_g",
+                         "text_encoder_3": "t5"}
+KOHYA_COMPONENTS = {"lora_unet": "mmdit", "lora_te1": "clip_l", "lora_te2": "clip_g", "lora_te3": "t5"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of our modules a LoRA module writes to."""
+
+    component: str  # "mmdit", "clip_l", "clip_g", "t5"
+    module: str  # our module name, e.g. "joint_blocks.3.x_block.attn.qkv"
+    block: int | None = None  # which third of the output rows (q, k, v), or None for all of them
+    swap_halves: bool = False  # diffusers' (scale, shift) against the checkpoint's (shift, scale)
+
+
+def diffusers_target(name: str, depth: int) -> Target | None:
+    """`transformer.transformer_blocks.3.attn.to_q` (a diffusers module name) -> our target, or None."""
+    component, _, rest = name.partition(".")
+    if component not in _DIFFUSERS_COMPONENTS:
+        return None
+    if component != "transformer":
+        return Target(_DIFFUSERS_COMPONENTS[component], rest)
+    if rest in _TOP:
+        return Target("mmdit", _TOP[rest], swap_halves=rest == "norm_out.linear")
+    found = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", rest)
+    if not found or found.group(2) not in _BLOCK:
+        return None
+    index, (ours, block) = int(found.group(1)), _BLOCK[found.group(2)]
+    last_context = found.group(2) == "norm1_context.linear" and index == depth - 1
+    return Target("mmdit", f"joint_blocks.{index}.{ours}", block, swap_halves=last_context)
+
+
+def kohya_target(name: str, modules: dict[str, set[str]]) -> Target | None:
+    """`lora_unet_joint_blocks_3_x_block_attn_qkv` -> our target, found among `modules` (component ->
+    our module names) by writing each with underscores; None when nothing matches."""
+    for prefix, component in KOHYA_COMPONENTS.items():
+        if name.startswith(prefix + "_") and component in modules:
+            wanted = name[len(prefix) + 1 :]
+            for module in modules[component]:
+                if module.replace(".", "_") == wanted:
+                    return Target(component, module)
+    return None
+
+
+def foreign_architecture(keys: list[str]) -> str | None:
+    """The architecture a LoRA for another model was made for, read off its key names."""
+    signatures = {
+        "Flux": ("double_blocks", "single_blocks", "single_transformer_blocks"),
+        "Stable Diffusion 1.x/2.x or SDXL (a UNet)": ("down_blocks", "input_blocks", "mid_block", "middle_block",
+                                                      "unet."),
+    }
+    for architecture, marks in signatures.items():
+        if any(mark in key for key in keys for mark in marks):
+            return architecture
+    return None
