@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from sd3.errors import ConfigurationError
+from sd3.sampling.noise import initial_noise
+from sd3.vae import encode_images
 
 ImageLike = Image.Image | torch.Tensor | str | os.PathLike
 
@@ -116,6 +118,25 @@ def check_inputs(
             "give a mask of the image's size"
         )
     return image, mask_image
+
+
+def encode_start(vae, pixels: torch.Tensor, seeds: list[int], posterior: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, noise), each (len(seeds), 16, h, w) float32, from the image (1, 3, H, W) in [-1, 1].
+
+    x0 is the posterior's mean with each seed's text-to-image noise ("mean"), or, as diffusers'
+    img2img and inpaint pipelines draw them ("sample"), a posterior sample from a generator seeded
+    with the image's seed, whose next draw is the noise."""
+    pixels = pixels.to(next(vae.parameters()).device, vae.dtype)
+    shape = (len(seeds), 16, pixels.shape[2] // 8, pixels.shape[3] // 8)
+    with torch.no_grad():
+        if posterior == "mean":
+            return encode_images(vae, pixels).float().cpu().expand(shape).contiguous(), initial_noise(seeds, *shape[1:])
+        x0, noise = [], []
+        for seed in seeds:
+            generator = torch.Generator().manual_seed(seed)
+            x0.append(encode_images(vae, pixels, generator=generator).float().cpu())
+            noise.append(torch.randn(1, *shape[1:], generator=generator, dtype=torch.float32))
+    return torch.cat(x0), torch.cat(noise)
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

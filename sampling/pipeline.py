@@ -34,7 +34,7 @@ from sd3.sampling import img2img, memory
 from sd3.sampling.guidance import Conditioning, GuidedVelocity, SkipLayerGuidanceConfig
 from sd3.sampling.hub import ModelFiles, model_files
 from sd3.sampling.img2img import ImageLike
-from sd3.sampling.noise import initial_noise
+from sd3.sampling.noise import start_latents
 from sd3.sampling.options import GenerationOptions, prompt_lists
 from sd3.sampling.reference import Reference
 from sd3.sampling.residency import ResidentModels, check_keep
@@ -242,7 +242,7 @@ class StableDiffusion3:
         cond = Conditioning(context[:n][index], y[:n][index], context[n:][index], y[n:][index])
         blend = None
         if image is None:
-            start = self._initial_noise(latents, seeds, options)
+            start = start_latents(latents, seeds, options.height, options.width)
         else:
             pixels = img2img.preprocess_image(image, options.height, options.width)
             x0, noise = self._image_latents(pixels, seeds, options, staged, timings)
@@ -285,41 +285,16 @@ class StableDiffusion3:
             self.models.release()
         return staged
 
-    def _initial_noise(self, latents: torch.Tensor | None, seeds: list[int], options: GenerationOptions) -> torch.Tensor:
-        shape = (16, options.height // 8, options.width // 8)
-        if latents is None:
-            return initial_noise(seeds, *shape)
-        if tuple(latents.shape[1:]) != shape or latents.shape[0] not in (1, len(seeds)):
-            raise ConfigurationError(
-                f"initial `latents` must be (1 or {len(seeds)}, {shape[0]}, {shape[1]}, {shape[2]}) for a "
-                f"{options.width}x{options.height} image, got {tuple(latents.shape)}"
-            )
-        return latents.float().expand(len(seeds), *shape)
-
     def _image_latents(self, pixels, seeds, options, staged, timings) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0, noise), each (n, 16, h, w) float32: the encoded image and the noise for every seed.
-
-        x0 is the posterior's mean, or (reference "diffusers") a sample drawn from the image's seed,
-        whose noise is then the same generator's next draw, as diffusers' img2img and inpaint draw them."""
+        """(x0, noise) for image to image, each (n, 16, h, w) float32 (sampling/img2img.py)."""
         activation = self.memory.activations(options, self._context_tokens())["vae"]
         self.memory.check("image encoding", ("vae",), self.models, activation, "use a smaller `height`/`width`")
         model = self._load("vae", lambda: vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device), timings)
-        shape = (len(seeds), 16, options.height // 8, options.width // 8)
-        with torch.no_grad():
-            if self.reference.posterior == "mean":
-                x0 = vae_lib.encode_images(model, pixels.to(self.device, self.dtype)).float().cpu().expand(shape)
-                noise = initial_noise(seeds, *shape[1:])
-            else:
-                x0, noise = [], []
-                for seed in seeds:
-                    generator = torch.Generator().manual_seed(seed)
-                    x0.append(vae_lib.encode_images(model, pixels.to(self.device, self.dtype), generator=generator).float().cpu())
-                    noise.append(torch.randn(1, *shape[1:], generator=generator, dtype=torch.float32))
-                x0, noise = torch.cat(x0), torch.cat(noise)
+        x0, noise = img2img.encode_start(model, pixels, seeds, self.reference.posterior)
         del model
         if staged:
             self.models.release("vae")
-        return x0.contiguous(), noise
+        return x0, noise
 
     def _context_tokens(self) -> int:
         t5 = 0 if self.files.t5xxl is None else self.reference.t5_length
