@@ -3,10 +3,13 @@
     import sd3
     pipe = sd3.StableDiffusion3.from_variant("3.5-medium")
     pipe.generate(["a photo of a cat"], seed=0).images[0].save("cat.png")
+    for r in pipe.generate_many(prompts, seed=0):  # many prompts, each image as soon as it is made
+        r.image.save(f"{r.index:05d}.png")
 
 The stages are sub-packages, one per step of the journey prompt -> image: `sd3.clip` (CLIP-L,
 CLIP-G, T5-XXL), `sd3.mmdit` (the denoiser), `sd3.sampling` (schedules, guidance, samplers and the
-pipeline) and `sd3.vae`. `sd3.errors` holds the exception types, `sd3.checkpoint` and
+pipeline) and `sd3.vae`; `sd3.lora` applies LoRA adapters and `sd3.jobs` runs eval-scale jobs
+(streaming, a manifest, resume, torchrun). `sd3.errors` holds the exception types, `sd3.checkpoint` and
 `sd3.loading` read `.safetensors` files into models, `sd3.devices` picks a device and a dtype.
 `sd3.testing` (with the `[test]` extra) writes tiny checkpoints and runs the parity audit and the
 benchmark. `docs/reference.md` gathers the facts the code relies on.
@@ -22,15 +25,19 @@ from sd3.errors import (
     TextEncodingError,
     VAEDecodingError,
 )
+from sd3.lora import load_lora
 from sd3.mmdit import load_mmdit
 from sd3.sampling import (
     VARIANTS,
     GenerationOptions,
     GenerationResult,
+    ImageResult,
     ModelFiles,
+    PromptItem,
     Reference,
     SkipLayerGuidanceConfig,
     StableDiffusion3,
+    StreamStats,
     Variant,
 )
 from sd3.vae import load_vae
@@ -39,6 +46,9 @@ __all__ = [
     "StableDiffusion3",
     "GenerationOptions",
     "GenerationResult",
+    "ImageResult",
+    "PromptItem",
+    "StreamStats",
     "ModelFiles",
     "Reference",
     "SkipLayerGuidanceConfig",
@@ -49,6 +59,7 @@ __all__ = [
     "load_clip_g",
     "load_t5",
     "load_vae",
+    "load_lora",
     "SD3Error",
     "ModelLoadingError",
     "ConfigurationError",

@@ -19,6 +19,7 @@ gives the view of one component with its prefix stripped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -199,3 +200,12 @@ def _dict_source(tensors: Mapping[str, torch.Tensor]) -> TensorSource:
         read=lambda key, dtype: tensors[key] if dtype is None or not tensors[key].is_floating_point() else tensors[key].to(dtype),
         description="the given state dict",
     )
+
+
+def sha256_file(path: Path) -> str:
+    """A file's sha256 (hex), read in 1 MiB blocks: how images and LoRAs are identified."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -8,7 +8,6 @@ as JSON in an `sd3` chunk; a JPEG carries the text as its comment.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from sd3.checkpoint import sha256_file
 from sd3.errors import ConfigurationError
 
 JPEG = (".jpg", ".jpeg")
@@ -72,10 +72,3 @@ def save_image(image: Image.Image, path: Path, parameters: dict) -> str:
         temporary.unlink(missing_ok=True)
     return digest
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from sd3.errors import ConfigurationError
-from sd3.jobs.images import sha256_file
+from sd3.checkpoint import sha256_file
 
 MANIFEST = "manifest.jsonl"
 

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sd3.errors import ModelLoadingError
+from sd3.checkpoint import sha256_file
 from sd3.lora.formats import LoRAFile, LoRAModule, read_lora
 from sd3.lora.mapping import KOHYA_COMPONENTS, Target, diffusers_target, foreign_architecture, kohya_target
 
@@ -167,7 +168,5 @@ def _change(module: LoRAModule, target: Target, linear: nn.Linear) -> _Change:
 
 def load_lora(path: str | Path) -> LoRA:
     """Read a LoRA `.safetensors` file (diffusers/PEFT, kohya or original names)."""
-    from sd3.jobs.images import sha256_file
-
     file = read_lora(path)
     return LoRA(file, sha256_file(Path(path)))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from sd3.cli import generate
-from sd3.jobs.images import sha256_file
+from sd3.checkpoint import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--height", "32", "--width", "48", "--num-inference-steps", "2", "--cpu"]

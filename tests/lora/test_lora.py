@@ -191,7 +191,7 @@ def test_cli_applies_loras_and_records_them(tiny, tmp_path, capsys):
     from PIL import Image
 
     from sd3.cli import generate
-    from sd3.jobs.images import sha256_file
+    from sd3.checkpoint import sha256_file
 
     kohya_lora(tiny, tmp_path / "style.safetensors")
     c = str(tiny.checkpoint)
