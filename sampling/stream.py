@@ -24,7 +24,6 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -105,7 +104,7 @@ def generate_many(
         raise ConfigurationError(f"`chunk_size` must be at least 1, got {chunk_size}")
     options = {}  # every distinct setting is checked before anything loads
     for item in items:
-        key = _settings_key(item)
+        key = settings_key(item)
         if key not in options:
             options[key] = item_options(pipe, item, settings, seed=seed, batch_size=batch_size)
     stats = stats if stats is not None else StreamStats()
@@ -140,7 +139,8 @@ def describe(opts: GenerationOptions) -> dict:
             "sampler": opts.sampler, "slg": slg}
 
 
-def _settings_key(item: PromptItem) -> tuple:
+def settings_key(item: PromptItem) -> tuple:
+    """What makes two items' settings the same (their overrides, less seed and negative prompt)."""
     return tuple(sorted((k, v) for k, v in item.overrides.items() if k not in ("seed", "negative_prompt")))
 
 
@@ -160,7 +160,7 @@ def _batches(items: list[PromptItem], options: dict, batch_size: int) -> list[tu
     """Items grouped into batches by global index (index // batch_size), split where settings change."""
     batches = []
     for item in items:
-        opts = options[_settings_key(item)]
+        opts = options[settings_key(item)]
         last = batches[-1] if batches else None
         if last and last[1] is opts and last[0][-1].index // batch_size == item.index // batch_size:
             last[0].append(item)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sd3.errors import ConfigurationError
-from sd3.jobs.images import check_image_path, save_image
+from sd3.jobs.images import check_image_path, image_parameters, save_image
 from sd3.jobs.manifest import check_output_dir
 from sd3.jobs.prompts import read_prompt_file
 from sd3.jobs.run import Job
@@ -85,13 +85,8 @@ def run(args, pipe, job, settings: dict, rank) -> None:
                                 quiet=args.quiet, **_generation(args, settings))
     for result in stream:
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}-{result.index}{out.suffix}")
-        s = result.settings
-        save_image(result.image, path, dict(
-            prompt=result.prompt, negative_prompt=result.negative_prompt, steps=s["steps"], sampler=s["sampler"],
-            cfg_scale=s["cfg"], seed=result.seed, width=s["width"], height=s["height"], which=args.which,
-            time_shift=s["shift"], reference=pipe.reference.name, use_slg=s["slg"] is not None,
-            **({"loras": lora_records(pipe.loras)} if pipe.loras else {}),
-        ))
+        run_settings = {"which": args.which, "reference": pipe.reference.name, "loras": lora_records(pipe.loras)}
+        save_image(result.image, path, image_parameters(result, {**result.settings, **run_settings}))
     if not args.quiet:
         print(f"{stats.images} image(s) in {stats.chunks} chunk(s), loading {stats.load_share:.0%} of the work; "
               f"saved {out.with_name(out.stem + '-*' + out.suffix)}", file=sys.stderr)

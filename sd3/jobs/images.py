@@ -50,6 +50,19 @@ def a1111_text(parameters: dict) -> str:
     return text
 
 
+def image_parameters(result, settings: dict) -> dict:
+    """What an image file records, from a streamed `ImageResult` and its run's `settings` (the
+    image's own, plus `which`, `reference` and `loras`)."""
+    parameters = dict(prompt=result.prompt, negative_prompt=result.negative_prompt, steps=settings["steps"],
+                      sampler=settings["sampler"], cfg_scale=settings["cfg"], seed=result.seed,
+                      width=settings["width"], height=settings["height"], which=settings.get("which"),
+                      time_shift=settings["shift"], reference=settings.get("reference"),
+                      use_slg=settings["slg"] is not None)
+    if settings.get("loras"):
+        parameters["loras"] = settings["loras"]
+    return parameters
+
+
 def save_image(image: Image.Image, path: Path, parameters: dict) -> str:
     """Write `image` to `path` atomically with its settings; returns the file's sha256 (hex)."""
     path = Path(path)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from sd3.errors import ConfigurationError
 from sd3.jobs.distributed import Rank
-from sd3.jobs.images import save_image
+from sd3.jobs.images import image_parameters, save_image
 from sd3.jobs.manifest import ManifestWriter, check_output_dir, merge, read_records, verified
-from sd3.sampling.stream import PromptItem, StreamStats, describe, item_options
+from sd3.sampling.stream import PromptItem, StreamStats, describe, item_options, settings_key
 
 COMPARED = ("prompt", "negative_prompt", "seed", "settings")  # what must match for a record to count as done
 
@@ -57,29 +57,29 @@ class Job:
     rank: Rank = field(default_factory=Rank)
     extension: str = ".png"
 
-    def check(self) -> None:
-        """Everything that can be checked before a model loads: the folder, and no conflicting records."""
-        check_output_dir(self.folder)
+    def expected(self, pipe, item: PromptItem, described: dict) -> dict:
+        """The record fields this run would write for `item` (compared against an earlier run's).
 
-    def expected(self, pipe, item: PromptItem) -> dict:
-        """The record fields this run would write for `item` (compared against an earlier run's)."""
-        opts = item_options(pipe, item, self.generation, seed=self.seed, batch_size=self.batch_size)
-        settings = describe(opts)
+        `described` caches the settings per distinct line override, so a resume resolves each once."""
+        key = settings_key(item)
+        if key not in described:
+            opts = item_options(pipe, item, self.generation, seed=self.seed, batch_size=self.batch_size)
+            described[key] = {**self.settings, **describe(opts)}
         return {"prompt": item.prompt, "negative_prompt": item.overrides.get("negative_prompt", self.negative_prompt),
-                "seed": item.overrides.get("seed", self.seed + item.index), "settings": {**self.settings, **settings}}
+                "seed": item.overrides.get("seed", self.seed + item.index), "settings": described[key]}
 
     def run(self, pipe, *, quiet: bool = False) -> JobSummary:
         """Make this rank's unfinished images; rank 0 merges the manifests once every rank is done."""
-        self.check()
+        check_output_dir(self.folder)
         started, summary = time.perf_counter(), JobSummary()
         mine = [item for item in self.items if self.rank.owns(item.index, self.batch_size)]
         records = read_records(self.folder)
-        done = set()
+        done, described = set(), {}
         for item in mine:
             record = records.get(item.index)
             if record is None or not verified(self.folder, record):
                 continue
-            want = self.expected(pipe, item)
+            want = self.expected(pipe, item, described)
             changed = [k for k in COMPARED if record.get(k) != want[k]]
             if changed and not self.overwrite:
                 raise ConfigurationError(
@@ -91,11 +91,11 @@ class Job:
                 done.add(item.index)
         # A batch with any image left is computed whole, so that its images match an uninterrupted run.
         open_batches = {item.index // self.batch_size for item in mine if item.index not in done}
-        todo = [item for item in mine if item.index // self.batch_size in open_batches]
+        remaining = [item for item in mine if item.index // self.batch_size in open_batches]
         summary.skipped = len(done)
         writer = ManifestWriter(self.folder, self.rank.rank, self.rank.world)
-        if todo:
-            stream = pipe.generate_many(todo, negative_prompt=self.negative_prompt, seed=self.seed,
+        if remaining:
+            stream = pipe.generate_many(remaining, negative_prompt=self.negative_prompt, seed=self.seed,
                                         batch_size=self.batch_size, chunk_size=self.chunk_size, stats=summary.stats,
                                         quiet=quiet, **self.generation)
             for result in stream:
@@ -103,7 +103,8 @@ class Job:
                     continue
                 name = f"{result.index:05d}{self.extension}"
                 settings = {**self.settings, **result.settings}
-                digest = save_image(result.image, self.folder / name, _png_parameters(result, settings))
+                digest = save_image(result.image, self.folder / name, {**image_parameters(result, settings),
+                                                                       "index": result.index})
                 writer.append({"index": result.index, "file": name, "prompt": result.prompt,
                                "negative_prompt": result.negative_prompt, "seed": result.seed, "settings": settings,
                                "sha256": digest, "seconds": round(result.seconds, 4), "batch_size": self.batch_size})
@@ -114,11 +115,3 @@ class Job:
         summary.seconds = time.perf_counter() - started
         return summary
 
-
-def _png_parameters(result, settings: dict) -> dict:
-    """What the image file itself records (the same fields `sd3 generate --final-image` writes)."""
-    return dict(prompt=result.prompt, negative_prompt=result.negative_prompt, steps=settings["steps"],
-                sampler=settings["sampler"], cfg_scale=settings["cfg"], seed=result.seed, width=settings["width"],
-                height=settings["height"], which=settings.get("which"), time_shift=settings["shift"],
-                reference=settings.get("reference"), use_slg=settings["slg"] is not None, index=result.index,
-                **({"loras": settings["loras"]} if settings.get("loras") else {}))

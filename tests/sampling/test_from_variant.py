@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import sd3
 from sd3 import ConfigurationError, ModelLoadingError, StableDiffusion3
