@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 from sd3.errors import ModelLoadingError
 from sd3.checkpoint import sha256_file
 from sd3.lora.formats import LoRAFile, LoRAModule, read_lora
-from sd3.lora.mapping import KOHYA_COMPONENTS, Target, diffusers_target, foreign_architecture, kohya_target
+from sd3.lora.mapping import Target, diffusers_target, foreign_architecture, kohya_lookup, kohya_target
 
 logger = logging.getLogger(__name__)
 _SHOWN = 5
@@ -113,9 +113,10 @@ class LoRA:
     def _plan(self, models: dict[str, nn.Module], strict: bool, only: str | None = None):
         linears = {c: {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)} for c, model in models.items()}
         depth = len(models["mmdit"].joint_blocks) if "mmdit" in models else 0
+        lookup = kohya_lookup({c: list(names) for c, names in linears.items()})
         planned, unmapped, mismatched = [], [], []
         for module in self.file.modules:
-            target = self._target(module.name, depth, linears)
+            target = self._target(module.name, depth, lookup)
             if only is not None and target is not None and target.component != only:
                 continue
             linear = linears.get(target.component, {}).get(target.module) if target else None
@@ -145,14 +146,11 @@ class LoRA:
             logger.warning("%s; ignored, the rest applied", message)
         return planned
 
-    def _target(self, name: str, depth: int, linears: dict) -> Target | None:
+    def _target(self, name: str, depth: int, lookup: dict) -> Target | None:
         if self.file.format == "diffusers":
             return diffusers_target(name, depth)
         if self.file.format == "kohya":
-            found = kohya_target(name, {c: set(names) for c, names in linears.items()})
-            prefix = name.split("_", 2)[0] + "_" + name.split("_", 2)[1]  # a component not loaded here
-            return found or (Target(KOHYA_COMPONENTS[prefix], name) if prefix in KOHYA_COMPONENTS and
-                             KOHYA_COMPONENTS[prefix] not in linears else None)
+            return kohya_target(name, lookup)
         return Target("mmdit", name)
 
 

@@ -73,15 +73,20 @@ def diffusers_target(name: str, depth: int) -> Target | None:
     return Target("mmdit", f"joint_blocks.{index}.{ours}", block, swap_halves=last_context)
 
 
-def kohya_target(name: str, modules: dict[str, set[str]]) -> Target | None:
-    """`lora_unet_joint_blocks_3_x_block_attn_qkv` -> our target, found among `modules` (component ->
-    our module names) by writing each with underscores; None when nothing matches."""
+def kohya_lookup(modules: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+    """component -> {module name with underscores: module name}, for `kohya_target`."""
+    return {component: {name.replace(".", "_"): name for name in names} for component, names in modules.items()}
+
+
+def kohya_target(name: str, lookup: dict[str, dict[str, str]]) -> Target | None:
+    """`lora_unet_joint_blocks_3_x_block_attn_qkv` -> our target. A component that is not in
+    `lookup` (not loaded) keeps the file's name, unresolved; None when a loaded one has no match."""
     for prefix, component in KOHYA_COMPONENTS.items():
-        if name.startswith(prefix + "_") and component in modules:
-            wanted = name[len(prefix) + 1 :]
-            for module in modules[component]:
-                if module.replace(".", "_") == wanted:
-                    return Target(component, module)
+        if name.startswith(prefix + "_"):
+            if component not in lookup:
+                return Target(component, name)
+            module = lookup[component].get(name[len(prefix) + 1 :])
+            return Target(component, module) if module else None
     return None
 
 
