@@ -16,6 +16,7 @@ from sd3.checkpoint import CheckpointLike, open_checkpoint
 from sd3.devices import resolve_device, resolve_dtype
 from sd3.errors import ModelLoadingError
 from sd3.loading import load_strict
+from sd3.quant import compute_in
 
 CLIP_L_PREFIX = "text_encoders.clip_l.transformer."
 CLIP_G_PREFIX = "text_encoders.clip_g.transformer."
@@ -94,6 +95,8 @@ def load_t5(
         source: a `.safetensors` path or a dict of tensors, with the
             `text_encoders.t5xxl.transformer.` prefix (all-in-one) or without (t5xxl_fp16.safetensors);
             the embedding may be stored as `shared.weight`, `encoder.embed_tokens.weight` or both.
+            fp8 files (plain or scaled) and GGUF files (llama.cpp's T5 names) keep their fp8 or
+            quantised tensors so in memory (sd3/quant/).
         dtype: float32 or bfloat16 run as asked; float16 keeps the `wo` projections in float32
             (see clip/t5.py), and the residual stream is float32 in every case.
 
@@ -112,5 +115,5 @@ def load_t5(
         model = load_strict(model, tensors, dtype=dtype, device=device, what="T5")
     if dtype == torch.float16:  # T5-XXL's feed-forward output overflows float16
         for block in model.encoder.block:
-            block.layer[1].DenseReluDense.wo.float()
+            compute_in(block.layer[1].DenseReluDense.wo, torch.float32)  # a quantised `wo` stays quantised
     return model

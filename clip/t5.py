@@ -102,7 +102,8 @@ class T5DenseGatedActDense(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)
-        return self.wo(hidden.to(self.wo.weight.dtype))
+        weight = self.wo.weight  # read once: a quantised weight is dequantised on each read
+        return F.linear(hidden.to(weight.dtype), weight)
 
 
 class T5LayerFF(nn.Module):
@@ -137,7 +138,7 @@ class T5Encoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.shared.weight.dtype
+        return self.encoder.final_layer_norm.weight.dtype  # not `shared`, which may be a quantised 32k x 4096
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         blocks = self.encoder.block

@@ -27,10 +27,12 @@ def load_mmdit(
     """Load the MMDiT of any SD3 / SD3.5 variant, its architecture read off the checkpoint.
 
     Args:
-        source: a `.safetensors` path or a dict of tensors. Keys may carry the
+        source: a `.safetensors` or `.gguf` path, or a dict of tensors. Keys may carry the
             `model.diffusion_model.` prefix (all-in-one checkpoints, whose VAE and text-encoder
-            tensors are then ignored) or not (a bare MMDiT state dict).
-        dtype: weights are converted to it (float32, float16 or bfloat16, or their names).
+            tensors are then ignored) or not (a bare MMDiT state dict). Tensors an fp8 or GGUF
+            file stores quantised stay so in memory and are dequantised per layer (sd3/quant/).
+        dtype: the compute dtype (float32, float16 or bfloat16, or their names); tensors stored in
+            16 or 32 bits are converted to it.
         device: where the weights go ("cpu", "cuda", "cuda:1", ...).
 
     Returns:

@@ -111,10 +111,16 @@ def model_files(
     for name, local in files.items():  # local files first: a typo fails before any download
         if local is not None:
             resolve(local, HubFile("", ""), name=name)
+    gguf = files.get("checkpoint") is not None and Path(files["checkpoint"]).suffix.lower() == ".gguf"
+    if gguf and not files.get("vae"):
+        raise ConfigurationError(
+            f'`files["checkpoint"]` {files["checkpoint"]} is a GGUF file, which holds the MMDiT alone: '
+            'give the VAE as `files["vae"]` (e.g. the variant\'s all-in-one .safetensors or a VAE file)'
+        )
     hub = dict(revision=revision, cache_dir=cache_dir)
     checkpoint = resolve(files.get("checkpoint"), v.checkpoint, name="checkpoint", **hub)
     # All-in-one checkpoints hold everything: a local checkpoint serves the encoders of 3-medium too.
-    inside = v.clip_l == v.checkpoint and files.get("checkpoint") is not None
+    inside = v.clip_l == v.checkpoint and files.get("checkpoint") is not None and not gguf
 
     def encoder(name: str, hub_file: HubFile) -> Path:
         return resolve(files.get(name) or (checkpoint if inside else None), hub_file, name=name, **hub)

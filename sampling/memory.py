@@ -8,7 +8,6 @@ before loading with a message that says how to fit, not to predict the last mega
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Container, Sequence
 from pathlib import Path
 
@@ -23,9 +22,8 @@ GIB = 2**30
 
 
 def weight_bytes(tensors: TensorSource, dtype: torch.dtype) -> int:
-    """Bytes of a component's tensors once converted to `dtype`."""
-    size = torch.empty((), dtype=dtype).element_size()
-    return sum(math.prod(shape) for shape in tensors.shapes().values()) * size
+    """Bytes of a component's tensors once loaded in `dtype` (quantised ones at their stored size)."""
+    return sum(tensors.stored_bytes(key, dtype) for key in tensors.keys())
 
 
 def mmdit_activation_bytes(batch: int, tokens: int, hidden: int, dtype: torch.dtype) -> int:

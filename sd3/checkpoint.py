@@ -10,6 +10,10 @@ a single weight, then read the tensors one at a time in the target dtype:
   into the process) and converted, so the process holds the converted copy and one tensor in flight,
   not the converted copy plus the file's mapped pages.
 
+Low-precision files are read the same way (sd3/quant/): an fp8 safetensors file's fp8 weights and
+a GGUF file's quantised tensors are offered by `quantized(key)` as they are stored, so a loader can
+keep them quantised; `tensor(key)` returns any tensor dequantised.
+
 The official SD3 files come in two layouts (docs/reference.md §1): all-in-one checkpoints
 whose keys carry a prefix per component (`model.diffusion_model.`, `first_stage_model.`,
 `text_encoders.clip_l.transformer.`, ...) and separate files with no prefix. `TensorSource.under`
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -29,6 +34,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from sd3.errors import ModelLoadingError
+from sd3.quant.fp8 import fp8_layout
+from sd3.quant.weights import FP8, QuantizedTensor
 
 # safetensors dtype names of the tensors this project converts.
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -51,10 +58,14 @@ class TensorSource:
         shape: Callable[[str], tuple[int, ...]],
         read: Callable[[str, torch.dtype | None], torch.Tensor],
         description: str,
+        quantized: Callable[[str], QuantizedTensor | None] = lambda name: None,
+        quantized_bytes: Callable[[str], int | None] = lambda name: None,
     ) -> None:
         self._names = names  # visible name -> name in the underlying file or dict
         self._shape = shape
-        self._read = read  # (name, wanted dtype or None) -> tensor
+        self._read = read  # (name, wanted dtype or None) -> tensor, dequantised if stored quantised
+        self._quantized = quantized  # name -> the tensor as stored, if quantised (fp8, GGML blocks)
+        self._quantized_bytes = quantized_bytes  # name -> its size as stored, if quantised; reads nothing
         self.description = description
 
     def keys(self) -> list[str]:
@@ -70,8 +81,17 @@ class TensorSource:
         """Every visible key with its shape; reads no tensor data."""
         return {key: self.shape(key) for key in self._names}
 
+    def quantized(self, key: str) -> QuantizedTensor | None:
+        """The tensor as the file stores it when that is a quantised format (fp8, GGUF blocks), else None."""
+        return self._quantized(self._names[key])
+
+    def stored_bytes(self, key: str, dtype: torch.dtype) -> int:
+        """What tensor `key` takes in memory once loaded in `dtype`: its stored size if quantised; reads nothing."""
+        quantized = self._quantized_bytes(self._names[key])
+        return quantized if quantized is not None else math.prod(self.shape(key)) * dtype.itemsize
+
     def tensor(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """One tensor, converted to `dtype` if given (floating-point tensors only)."""
+        """One tensor, converted to `dtype` if given (floating-point tensors only); quantised ones dequantised."""
         try:
             return self._read(self._names[key], dtype)
         except SafetensorError as error:
@@ -90,17 +110,17 @@ class TensorSource:
     def under(self, prefix: str) -> TensorSource:
         """The keys that start with `prefix`, with the prefix removed."""
         names = {k[len(prefix) :]: v for k, v in self._names.items() if k.startswith(prefix)}
-        return TensorSource(names, self._shape, self._read, f"{self.description} under '{prefix}'")
+        return TensorSource(names, self._shape, self._read, f"{self.description} under '{prefix}'", self._quantized, self._quantized_bytes)
 
     def without(self, *keys: str) -> TensorSource:
         """A view that does not show `keys` (tensors a loader deliberately ignores)."""
         names = {k: v for k, v in self._names.items() if k not in keys}
-        return TensorSource(names, self._shape, self._read, self.description)
+        return TensorSource(names, self._shape, self._read, self.description, self._quantized, self._quantized_bytes)
 
     def renamed(self, aliases: Mapping[str, str]) -> TensorSource:
         """A view in which each key `old` of `aliases` that is present is seen as `aliases[old]`."""
         names = {aliases.get(k, k): v for k, v in self._names.items()}
-        return TensorSource(names, self._shape, self._read, self.description)
+        return TensorSource(names, self._shape, self._read, self.description, self._quantized, self._quantized_bytes)
 
 
 def shape_lookup(shapes: Mapping[str, object], what: str, prefix: str) -> tuple[dict, Callable]:
@@ -126,11 +146,11 @@ def shape_lookup(shapes: Mapping[str, object], what: str, prefix: str) -> tuple[
 
 @contextlib.contextmanager
 def open_checkpoint(source: CheckpointLike) -> Iterator[TensorSource]:
-    """Open a `.safetensors` path or wrap a dict of tensors as a `TensorSource`.
+    """Open a `.safetensors` or `.gguf` path, or wrap a dict of tensors, as a `TensorSource`.
 
-    The file stays memory-mapped while the `with` block runs. A missing path, a directory, a
-    pickle-based checkpoint, and a truncated or corrupt file each raise `ModelLoadingError`
-    with a message that says what to do.
+    The file stays open while the `with` block runs. A missing path, a directory, a pickle-based
+    checkpoint, and a truncated or corrupt file each raise `ModelLoadingError` with a message that
+    says what to do.
     """
     if isinstance(source, Mapping):
         yield _dict_source(source)
@@ -150,6 +170,12 @@ def open_checkpoint(source: CheckpointLike) -> Iterator[TensorSource]:
             f"{path} is a pickle-based checkpoint; this project loads only .safetensors files, "
             "because unpickling can run arbitrary code. Download the .safetensors release instead."
         )
+    if path.suffix.lower() == ".gguf":
+        from sd3.quant.gguf_file import open_gguf
+
+        with open_gguf(path) as source:
+            yield source
+        return
     try:
         handle = safe_open(str(path), framework="pt", device="cpu")
     except SafetensorError as error:
@@ -162,12 +188,19 @@ def open_checkpoint(source: CheckpointLike) -> Iterator[TensorSource]:
     with handle, open(path, "rb") as file:
         header_size = int.from_bytes(file.read(8), "little")
         entries = json.loads(file.read(header_size))
+        metadata = entries.pop("__metadata__", None) or {}
         data_start = 8 + header_size
+        fp8 = fp8_layout({k: v["dtype"] for k, v in entries.items()}, metadata, handle.get_tensor, str(path))
 
         scratch = [torch.empty(0, dtype=torch.uint8)]  # one read buffer, reused: fresh pages are costly
 
+        def quantized(key: str) -> QuantizedTensor | None:
+            return fp8.quantized(key, entries[key]["dtype"], handle.get_tensor)
+
         def read(key: str, dtype: torch.dtype | None) -> torch.Tensor:
             stored = _DTYPES.get(entries[key]["dtype"])
+            if stored is None and (fp8_tensor := quantized(key)) is not None:
+                return fp8_tensor.dequantize(dtype or torch.float32)
             if dtype is None or stored is None or stored == dtype or not stored.is_floating_point:
                 return handle.get_tensor(key)  # zero-copy view of the mapped file
             begin, end = entries[key]["data_offsets"]
@@ -180,10 +213,12 @@ def open_checkpoint(source: CheckpointLike) -> Iterator[TensorSource]:
             return raw.view(stored).reshape(entries[key]["shape"]).to(dtype)
 
         yield TensorSource(
-            {key: key for key in handle.keys()},
+            {key: key for key in handle.keys() if key not in fp8.hidden},
             shape=lambda key: tuple(handle.get_slice(key).get_shape()),
             read=read,
             description=str(path),
+            quantized=quantized,
+            quantized_bytes=lambda key: math.prod(entries[key]["shape"]) if entries[key]["dtype"] in FP8 else None,
         )
 
 
@@ -200,6 +235,19 @@ def _dict_source(tensors: Mapping[str, torch.Tensor]) -> TensorSource:
         read=lambda key, dtype: tensors[key] if dtype is None or not tensors[key].is_floating_point() else tensors[key].to(dtype),
         description="the given state dict",
     )
+
+
+def foreign_architecture(keys: list[str]) -> str | None:
+    """The architecture a file for another model (a checkpoint, a LoRA) was made for, read off its key names."""
+    signatures = {
+        "Flux": ("double_blocks", "single_blocks", "single_transformer_blocks"),
+        "Stable Diffusion 1.x/2.x or SDXL (a UNet)": ("down_blocks", "input_blocks", "mid_block", "middle_block",
+                                                      "unet."),
+    }
+    for architecture, marks in signatures.items():
+        if any(mark in key for key in keys for mark in marks):
+            return architecture
+    return None
 
 
 def sha256_file(path: Path) -> str:

@@ -4,6 +4,8 @@ Every loader in this project builds its module on the `meta` device (no memory, 
 initialisation), checks that the checkpoint has exactly the names and shapes the module expects,
 and only then reads the tensors one by one in the target dtype and device, handing them to
 `load_state_dict(assign=True)`. Peak memory is therefore one copy of the weights plus one tensor.
+A tensor the file stores quantised (fp8, GGUF blocks) is attached as stored and dequantised per
+layer at forward time (sd3/quant/weights.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from sd3.checkpoint import TensorSource
 from sd3.errors import ModelLoadingError
+from sd3.quant import FP8, attach
 
 _SHOWN = 5  # how many offending keys an error message lists before giving a count
 
@@ -33,7 +36,8 @@ def load_strict(
     Args:
         model: the module, built on the meta device; its `state_dict()` names what is expected.
         source: the checkpoint view for this component (prefix already stripped).
-        dtype: floating-point tensors are converted to it; integer tensors keep their dtype.
+        dtype: the compute dtype: tensors stored in 16 or 32 bits are converted to it, quantised
+            ones stay as stored and dequantise to it; integer tensors keep their dtype.
         device: where the weights go.
         what: the component's name for error messages ("MMDiT", "CLIP-L", ...).
         to_checkpoint_name: maps a model parameter name to the checkpoint's name for it
@@ -43,7 +47,8 @@ def load_strict(
         ModelLoadingError: listing missing keys, unexpected keys and shape mismatches.
     """
     rename = to_checkpoint_name or (lambda name: name)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    slots = model.state_dict()
+    expected = {name: tuple(t.shape) for name, t in slots.items()}
     model_name_of = {rename(name): name for name in expected}
 
     missing = [ckpt for ckpt in model_name_of if ckpt not in source]
@@ -72,10 +77,22 @@ def load_strict(
             + ". Check that the file is the right component and complete."
         )
 
-    state = {}
+    state, attached = {}, False
     for ckpt, name in model_name_of.items():
-        state[name] = source.tensor(ckpt, dtype).to(device)  # integer tensors keep their dtype
-    model.load_state_dict(state, strict=True, assign=True)
+        stored = source.quantized(ckpt)
+        if stored is not None:
+            attach(model, name, stored, dtype=dtype, device=device)
+            attached = True
+            continue
+        tensor = source.tensor(ckpt, dtype)
+        if slots[name].is_floating_point() and not tensor.is_floating_point():
+            raise ModelLoadingError(
+                f"{what} checkpoint {source.description} stores '{ckpt}' as {tensor.dtype}, a format this project "
+                f"does not read; supported: float32, float16, bfloat16, fp8 ({', '.join(FP8)}) and GGUF files"
+            )
+        state[name] = tensor.to(device)  # integer tensors keep their dtype
+    # An attached tensor lives under `<module>.parametrizations.<name>.original`, so the names differ there.
+    model.load_state_dict(state, strict=not attached, assign=True)
     return model.eval()
 
 

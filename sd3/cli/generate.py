@@ -107,7 +107,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--latents", help="initial noise: a .safetensors file with key 'latents'")
     p.add_argument("--save-latents", help="write the final latents (before decoding) to this .safetensors file")
     for flag in ("--checkpoint", "--clip-l", "--clip-g", "--t5xxl", "--vae"):
-        p.add_argument(flag, help="local .safetensors file instead of the Hub")
+        p.add_argument(flag, help="local .safetensors file instead of the Hub" + (
+            " (bf16, fp16 or fp8; a .gguf MMDiT, with --vae)" if flag == "--checkpoint" else
+            " (bf16, fp16 or fp8, or a .gguf T5 encoder)" if flag == "--t5xxl" else ""))
     for flag in ("--clip-l-tokenizer", "--clip-g-tokenizer", "--t5-tokenizer"):
         p.add_argument(flag, help="local tokenizer.json instead of the Hub")
     p.add_argument("--revision", help="Hub revision of the model repos")

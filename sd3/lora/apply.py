@@ -8,7 +8,9 @@
 Merged: W += ΔW, the touched rows kept aside so `remove()` puts the exact original bits back.
 Unmerged: `weight` becomes a parametrization (torch.nn.utils.parametrize) returning W + Σ ΔW on
 every access, so code that reads `qkv.weight` directly (the MMDiT's split q, k, v GEMMs) sees it
-too; several LoRAs stack and each handle's `scale` is read at forward time.
+too; several LoRAs stack and each handle's `scale` is read at forward time. A weight stored
+quantised (fp8, GGUF; sd3/quant/) always takes its LoRA unmerged, after its dequantisation: adding
+a delta to fp8 or 4-bit blocks would round it away.
 
 Strict by default: a key that maps to no module, a shape that does not fit, or a LoRA made for
 another architecture is an error naming the keys and the detected format; `strict=False` applies
@@ -26,9 +28,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sd3.errors import ModelLoadingError
-from sd3.checkpoint import sha256_file
+from sd3.checkpoint import foreign_architecture, sha256_file
 from sd3.lora.formats import LoRAFile, LoRAModule, read_lora
-from sd3.lora.mapping import Target, diffusers_target, foreign_architecture, kohya_lookup, kohya_target
+from sd3.lora.mapping import Target, diffusers_target, kohya_lookup, kohya_target
+from sd3.quant import is_quantized
 
 logger = logging.getLogger(__name__)
 _SHOWN = 5
@@ -52,13 +55,18 @@ class LoRAHandle:
 
     def remove(self) -> None:
         for change in reversed(self.changes):
-            if self.merged:
+            if change.backup is not None:
                 change.linear.weight.data[change.rows] = change.backup
-            else:
-                deltas = change.linear.parametrizations.weight[0]
-                deltas.entries = [e for e in deltas.entries if e[0] is not self]
-                if not deltas.entries:
-                    parametrize.remove_parametrizations(change.linear, "weight", leave_parametrized=False)
+                continue
+            chain = change.linear.parametrizations.weight
+            at = next(i for i, p in enumerate(chain) if isinstance(p, _Deltas))
+            chain[at].entries = [e for e in chain[at].entries if e[0] is not self]
+            if chain[at].entries:
+                continue
+            if len(chain) == 1:
+                parametrize.remove_parametrizations(change.linear, "weight", leave_parametrized=False)
+            else:  # a quantised weight keeps its dequantisation
+                del chain[at]
         self.changes = []
 
 
@@ -99,14 +107,17 @@ class LoRA:
         with torch.no_grad():
             for module, target, linear in planned:
                 change = _change(module, target, linear)
-                if merge:
+                if merge and not is_quantized(linear):  # a quantised weight cannot take a delta: unmerged
                     change.backup = linear.weight.data[change.rows].clone()
                     delta = (scale * change.factor) * (change.up @ change.down)
                     linear.weight.data[change.rows] = (change.backup.float() + delta).to(linear.weight.dtype)
                 else:
-                    if not parametrize.is_parametrized(linear, "weight"):
-                        parametrize.register_parametrization(linear, "weight", _Deltas(), unsafe=True)
-                    linear.parametrizations.weight[0].entries.append((handle, change))
+                    chain = linear.parametrizations.weight if parametrize.is_parametrized(linear, "weight") else []
+                    deltas = next((p for p in chain if isinstance(p, _Deltas)), None)
+                    if deltas is None:
+                        deltas = _Deltas()
+                        parametrize.register_parametrization(linear, "weight", deltas, unsafe=True)
+                    deltas.entries.append((handle, change))
                 handle.changes.append(change)
         return handle
 
@@ -160,7 +171,7 @@ def _change(module: LoRAModule, target: Target, linear: nn.Linear) -> _Change:
     up = module.up
     if target.swap_halves:  # diffusers' (scale, shift) onto the checkpoint's (shift, scale)
         up = torch.cat(up.chunk(2)[::-1])
-    device = linear.weight.device
+    device = next(linear.parameters()).device  # not `weight`, which would dequantise a quantised one
     return _Change(linear, rows, module.down.to(device), up.to(device), module.alpha / module.rank)
 
 

@@ -88,16 +88,3 @@ def kohya_target(name: str, lookup: dict[str, dict[str, str]]) -> Target | None:
             module = lookup[component].get(name[len(prefix) + 1 :])
             return Target(component, module) if module else None
     return None
-
-
-def foreign_architecture(keys: list[str]) -> str | None:
-    """The architecture a LoRA for another model was made for, read off its key names."""
-    signatures = {
-        "Flux": ("double_blocks", "single_blocks", "single_transformer_blocks"),
-        "Stable Diffusion 1.x/2.x or SDXL (a UNet)": ("down_blocks", "input_blocks", "mid_block", "middle_block",
-                                                      "unet."),
-    }
-    for architecture, marks in signatures.items():
-        if any(mark in key for key in keys for mark in marks):
-            return architecture
-    return None
