@@ -1,6 +1,7 @@
-"""The `sd3` command (installed with the package): `sd3 generate`, `sd3 audit`, `sd3 benchmark`.
+"""The `sd3` command (installed with the package): `sd3 generate`, `sd3 quantize`, `sd3 audit`, `sd3 benchmark`.
 
     sd3 generate --which 3.5-medium --prompt "a photo of a cat" --final-image cat.png
+    sd3 quantize t5xxl_fp16.safetensors t5xxl_fp8.safetensors --to fp8   # fp8 or GGUF files
     sd3 audit            # ours against diffusers, module by module (needs the [test] extra)
     sd3 benchmark --quick
 
@@ -16,6 +17,7 @@ import sys
 # name -> (module with a `main(argv)`, one line of help, packages it needs beyond the library's)
 COMMANDS = {
     "generate": ("sd3.cli.generate", "text to image, with the flags of Candle's stable-diffusion-3 example", ()),
+    "quantize": ("sd3.cli.quantize", "write fp8 (.safetensors) or GGUF files from a checkpoint", ()),
     "audit": ("sd3.testing.audit", "parity audit against diffusers, module by module",
               ("diffusers", "transformers", "matplotlib")),
     "benchmark": ("sd3.testing.benchmark", "speed and memory against diffusers on the same files",

@@ -12,6 +12,9 @@ process's own. Prints a table with every ratio (ours / diffusers) and writes a J
 Residency (ours alone, SD3.5-medium's files, float32 and bfloat16): two `generate()` calls on one
 pipeline with `keep="all"`; the second call's wall time against its pure compute (text encoding,
 denoising and decoding, without loads or checks), and the first call's share spent loading.
+
+Low precision (ours alone, `--only quant`, sd3/testing/benchmark_quant.py): the MMDiT from bf16,
+fp8, scaled fp8, Q8_0 and Q4_0 files: memory, step time and agreement with the bf16 model.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from sd3.testing.benchmark_quant import FORMATS, agreement, measure_quant, quant_files, quant_table
 from sd3.testing.benchmark_workers import measure
 from sd3.testing.random_weights import write_random, write_tiny
 
@@ -89,6 +93,13 @@ def throughput_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def quant_plan(quick: bool, tiny: bool) -> list[dict]:
+    """The MMDiT from each low-precision file (ours alone), bfloat16 compute."""
+    variant, res = ("tiny", 32) if tiny else ("3.5-medium", 256)
+    return [{"task": "quant", "variant": variant, "dtype": "bfloat16", "format": f, "res": res,
+             "steps": 2 if quick else 4} for f in FORMATS]
+
+
 def run_worker(spec: dict, cache: str) -> dict:
     command = [sys.executable, "-m", "sd3.testing.benchmark", "--worker", json.dumps(spec), "--cache-dir", cache]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -146,19 +157,28 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time our MMDiT under torch.compile")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "sd3-from-scratch" / "audit"))
     parser.add_argument("--out", default="benchmark.json")
-    parser.add_argument("--only", choices=("compare", "residency", "throughput"),
-                        help="run one part: ours against diffusers, residency, or a 16-prompt list's throughput")
+    parser.add_argument("--only", choices=("compare", "residency", "throughput", "quant"),
+                        help="run one part: ours against diffusers, residency, a 16-prompt list's throughput, or "
+                             "low-precision MMDiT files")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
-        print(json.dumps(measure(spec, files_for(spec["variant"], Path(args.cache_dir)))))
+        files = files_for(spec["variant"], Path(args.cache_dir))
+        if spec["task"] == "quant":
+            cache = Path(files.checkpoint).parent
+            print(json.dumps({**spec, **measure_quant(spec, files, cache)}))
+        else:
+            print(json.dumps(measure(spec, files)))
         return 0
     specs = plan(args.quick, args.tiny, args.compile) if args.only in (None, "compare") else []
     residency = residency_plan(args.quick, args.tiny) if args.only in (None, "residency") else []
     throughput = throughput_plan(args.quick, args.tiny) if args.only in (None, "throughput") else []
-    for variant in {s["variant"] for s in specs + residency + throughput}:
-        files_for(variant, Path(args.cache_dir))  # write the caches before anything is timed
+    quantised = quant_plan(args.quick, args.tiny) if args.only in (None, "quant") else []
+    for variant in {s["variant"] for s in specs + residency + throughput + quantised}:
+        files = files_for(variant, Path(args.cache_dir))  # write the caches before anything is timed
+        if quantised:
+            quant_files(files, Path(files.checkpoint).parent)
     results = []
     for index, spec in enumerate(specs):
         for impl in ("ours", "diffusers") if index % 2 == 0 else ("diffusers", "ours"):  # neither always first
@@ -175,6 +195,11 @@ def main(argv=None) -> int:
     for spec in throughput:
         listed.append(run_worker(spec, args.cache_dir))
         print(f"  measured throughput {spec['impl']} {spec.get('keep', '')}", file=sys.stderr, flush=True)
+    low = []
+    for spec in quantised:
+        low.append(run_worker(spec, args.cache_dir))
+        print(f"  measured {spec['format']}", file=sys.stderr, flush=True)
+    low = agreement(low) if low else low
     out = rows(results)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"\n{machine}")
@@ -184,8 +209,10 @@ def main(argv=None) -> int:
         print("\n" + residency_table(resident))
     if listed:
         print("\n" + throughput_table(listed))
+    if low:
+        print("\n" + quant_table(low))
     Path(args.out).write_text(json.dumps({"machine": machine, "results": results, "residency": resident,
-                                          "throughput": listed,
+                                          "throughput": listed, "quant": low,
                                           "table": [dict(zip(("what", "ours", "diffusers", "unit"), r)) for r in out]}, indent=2))
     print(f"\nwrote {args.out}")
     return 0

@@ -216,3 +216,25 @@ def test_cli_applies_loras_and_records_them(tiny, tmp_path, capsys):
     assert "--lora-ignore-unmatched" in err[0] and "`" not in err[0]
     assert generate.main([*flags, "--lora", str(tmp_path / "typo.safetensors"), "--lora-ignore-unmatched",
                           "--final-image", str(tmp_path / "x.png")]) == 0
+
+
+def test_a_lora_on_a_quantised_model_stays_unmerged_and_comes_off(tiny, tmp_path):
+    """On a GGUF MMDiT a (merge=True) LoRA applies after dequantisation; removal leaves the weights quantised."""
+    pytest.importorskip("gguf")
+    from sd3.quant import is_quantized
+    from sd3.quant.writer import write_gguf
+    from tests.quant.conftest import gguf_reference, relative_error
+
+    kohya_lora(tiny, tmp_path / "kohya.safetensors")
+    lora = load_lora(tmp_path / "kohya.safetensors")
+    path = write_gguf(tiny.checkpoint, tmp_path / "mmdit.gguf", "Q8_0")
+    quantised, dequantised = load_mmdit(path), load_mmdit(gguf_reference(path))
+    plain = quantised(*_mmdit_inputs())
+    handle = lora.apply({"mmdit": quantised}, SCALE, strict=False)
+    lora.apply({"mmdit": dequantised}, SCALE, strict=False)
+    qkv = quantised.joint_blocks[0].x_block.attn.qkv
+    assert handle.changes[0].backup is None and is_quantized(qkv)
+    assert relative_error(quantised(*_mmdit_inputs()), dequantised(*_mmdit_inputs())) <= 1e-5
+    handle.remove()
+    assert is_quantized(qkv) and len(qkv.parametrizations.weight) == 1
+    assert torch.equal(quantised(*_mmdit_inputs()), plain)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sd3.cli import quantize
 from sd3.cli.generate import FLAGS, to_flags
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ def test_every_parameter_a_library_message_names_has_a_flag():
     not_parameters = {"hf auth login", "keep"}
     # `files["{}"]` (a formatted file name) must match some flag's key.
     unmapped = [m for m in named - not_parameters
-                if not any(re.fullmatch(re.escape(m).replace(r"\{\}", ".+"), key) for key in FLAGS)]
+                if not any(re.fullmatch(re.escape(m).replace(r"\{\}", ".+"), key) for key in FLAGS | quantize.FLAGS)]
     assert sorted(unmapped) == []
 
 

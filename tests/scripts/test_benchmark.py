@@ -25,3 +25,8 @@ def test_benchmark_smoke(tmp_path):
         assert run["second_load_s"] == 0 and run["first_load_s"] > 0 and set(run["loads"].values()) == {1}
     assert [r["dtype"] for r in report["residency"]] == ["float32", "bfloat16"] and "second call" in done.stdout
     assert "ours/diffusers" in done.stdout
+    quant = {r["format"]: r for r in report["quant"]}  # the MMDiT from each low-precision file
+    assert list(quant) == ["bfloat16", "fp8", "fp8 scaled", "Q8_0", "Q4_0"] and "RSS steps" in done.stdout
+    assert quant["bfloat16"]["max_abs_latents"] == 0 and quant["bfloat16"]["psnr_db"] == float("inf")
+    assert all(0 < r["max_abs_latents"] and 0 < r["psnr_db"] < float("inf") for f, r in quant.items() if f != "bfloat16")
+    assert quant["Q4_0"]["state_bytes"] < quant["Q8_0"]["state_bytes"] < quant["bfloat16"]["state_bytes"]
