@@ -8,9 +8,10 @@
 
 The stages are sub-packages, one per step of the journey prompt -> image: `sd3.clip` (CLIP-L,
 CLIP-G, T5-XXL), `sd3.mmdit` (the denoiser), `sd3.sampling` (schedules, guidance, samplers and the
-pipeline) and `sd3.vae`; `sd3.lora` applies LoRA adapters and `sd3.jobs` runs eval-scale jobs
+pipeline) and `sd3.vae`; `sd3.lora` applies LoRA adapters, `sd3.quant` keeps fp8 and GGUF weights
+quantised in memory (the loaders use it for such files), and `sd3.jobs` runs eval-scale jobs
 (streaming, a manifest, resume, torchrun). `sd3.errors` holds the exception types, `sd3.checkpoint` and
-`sd3.loading` read `.safetensors` files into models, `sd3.devices` picks a device and a dtype.
+`sd3.loading` read `.safetensors` and `.gguf` files into models, `sd3.devices` picks a device and a dtype.
 `sd3.testing` (with the `[test]` extra) writes tiny checkpoints and runs the parity audit and the
 benchmark. `docs/reference.md` gathers the facts the code relies on.
 """

@@ -4,10 +4,12 @@
     write_gguf("sd3.5_medium.safetensors", "sd3.5_medium-Q4_0.gguf", "Q4_0")
 
 Which tensors are quantised follows the converters in use: only 2-D `.weight` tensors (the linear
-layers and embeddings); biases, norms, `pos_embed`, convolutions and the VAE keep their dtype
-(fp8) or go to F32 (GGUF, with ComfyUI-GGUF's rule: 1-D tensors and tensors of at most 1024
-values). A GGUF row must hold whole blocks, so a tensor whose rows do not (e.g. 384 values in
-Q4_K's 256) falls back to F16, as llama.cpp's quantiser does. GGUF blocks are made by the `gguf`
+layers and embeddings). Biases, norms, `pos_embed`, convolutions and the VAE keep their dtype
+(fp8), or go to F32 (GGUF: 1-D tensors and tensors of at most 1024 values, ComfyUI-GGUF's rule)
+or else to BF16 / F16 (BF16 when the source is bfloat16, which F16 cannot always hold). `pos_embed`
+matters most: the MMDiT reads all of it (226 M values for SD3.5) at every step, so a quantised
+one would be dequantised whole each time. A GGUF row must hold whole blocks, so a weight whose rows
+do not (e.g. 384 values in a 256-value block) falls back the same way, as llama.cpp's quantiser does. GGUF blocks are made by the `gguf`
 package's quantiser, which covers Q8_0, Q5_0, Q5_1, Q4_0 and Q4_1 (not the k-quants).
 Both writers write to a temporary name and rename, so a target is never half-written.
 """
@@ -124,15 +126,17 @@ def write_gguf(source: str | os.PathLike, target: str | os.PathLike, qtype: str 
         for name in part.keys():
             if component == "t5" and name == "encoder.embed_tokens.weight":
                 continue  # the same tensor as shared.weight
-            values = part.tensor(name, torch.float32).numpy()
-            stored = kind
+            stored = part.tensor(name)
+            values = stored.float().numpy()
+            kind_here = kind
             if values.ndim == 1 or values.size <= _SMALL:
-                stored = gguf.GGMLQuantizationType.F32
-            elif values.shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
-                stored = gguf.GGMLQuantizationType.F16
+                kind_here = gguf.GGMLQuantizationType.F32
+            elif not _quantizable(name, values.shape) or values.shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
+                kind_here = gguf.GGMLQuantizationType.BF16 if stored.dtype == torch.bfloat16 else (
+                    gguf.GGMLQuantizationType.F16)
             out_name = gguf_t5_name(name) if component == "t5" else (
                 prefix + name if layout == "sd.cpp" else name)
-            writer.add_tensor(out_name, gguf.quants.quantize(values, stored), raw_dtype=stored)
+            writer.add_tensor(out_name, gguf.quants.quantize(values, kind_here), raw_dtype=kind_here)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -2,7 +2,9 @@
 
 `python scripts/benchmark.py --worker '{"task": ..., "impl": ...}'` runs `measure(spec)` and prints
 one JSON line; the parent alternates implementations and compares. Peak memory is the process's
-maximum resident set size (`ru_maxrss`), which includes touched pages of memory-mapped files.
+peak resident set size, which includes touched pages of memory-mapped files: Linux's `VmHWM`
+(/proc/self/status), which starts afresh at exec, where `ru_maxrss` carries over the parent's
+resident size at fork (a parent that has just written 7 GB of files reports it in every worker).
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ PROMPT, NEGATIVE = "a photo of a cat sitting on a red chair", "blurry, low quali
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
+    except (OSError, StopIteration):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def timed(fn, repeats: int) -> float:

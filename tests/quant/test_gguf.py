@@ -152,4 +152,5 @@ def test_the_writer_refuses_k_quants_and_keeps_rows_it_cannot_block(tiny, tmp_pa
         write_gguf(tiny.checkpoint, tmp_path / "m.gguf", "Q4_0")).tensors}
     assert types["joint_blocks.0.x_block.attn.qkv.weight"] == "Q4_0"
     assert types["joint_blocks.0.x_block.attn.qkv.bias"] == "F32"  # 1-D
-    assert types["x_embedder.proj.weight"] == "F16"  # 4-D conv: rows of 2 values hold no 32-value block
+    assert types["x_embedder.proj.weight"] == "F16"  # a 4-D conv (and the source is float32)
+    assert types["pos_embed"] == "F16"  # read whole at every step: never quantised
