@@ -74,7 +74,7 @@ def require_gguf():
     return gguf
 
 
-def _architecture(reader, path: Path) -> str | None:
+def _architecture(reader) -> str | None:
     field = reader.get_field("general.architecture")
     return None if field is None else bytes(field.parts[field.data[-1]]).decode("utf-8", "replace")
 
@@ -97,7 +97,7 @@ def open_gguf(path: Path) -> Iterator:
             f"{path} is not a readable GGUF file ({error}). It may be truncated (an interrupted "
             "download?), corrupt, or another format: delete it and download it again."
         ) from error
-    architecture = _architecture(reader, path)
+    architecture = _architecture(reader)
     names = [t.name for t in reader.tensors]
     foreign = foreign_architecture(names)
     if foreign or (architecture is not None and architecture not in MMDIT_ARCHITECTURES | T5_ARCHITECTURES):
