@@ -170,13 +170,6 @@ class StableDiffusion3:
         self.unload()
 
     # -- the call --------------------------------------------------------------------------------
-    def check_size(self, height: int, width: int) -> None:
-        """Raise ConfigurationError unless both sides fit this checkpoint's position table."""
-        limit = self.mmdit_config.max_image_size
-        for name, side in (("height", height), ("width", width)):
-            if side > limit:
-                raise ConfigurationError(f"`{name}` {side} exceeds this checkpoint's limit of {limit} pixels (its position table)")
-
     def generate(
         self,
         prompts: str | Sequence[str],
@@ -240,16 +233,10 @@ class StableDiffusion3:
         context, y = self._encode(list(prompts) + list(negative_prompts), staged, timings)
         n, index = len(prompts), torch.tensor(per_image)
         cond = Conditioning(context[:n][index], y[:n][index], context[n:][index], y[n:][index])
-        blend = None
         if image is None:
-            start = start_latents(latents, seeds, options.height, options.width)
+            start, blend = start_latents(latents, seeds, options.height, options.width), None
         else:
-            pixels = img2img.preprocess_image(image, options.height, options.width)
-            x0, noise = self._image_latents(pixels, seeds, options, staged, timings)
-            start = img2img.noised(x0, noise, options.schedule[0])
-            if mask_image is not None:
-                blend = img2img.Blend(x0, noise, img2img.preprocess_mask(mask_image, options.height, options.width),
-                               options.schedule)
+            start, blend = self._image_start(image, mask_image, seeds, options, staged, timings)
         final = self._denoise(cond, start, options, staged, timings, on_step, attention_backend, quiet, blend)
         shift = mask_image is None or self.reference.inpaint_decode_shift
         images = self._decode(final, options, staged, timings, shift=shift)
@@ -270,7 +257,10 @@ class StableDiffusion3:
             self.variant, self.reference, sampler=settings.pop("sampler_name"),
             sigmas=list(sigmas) if sigmas is not None else None, **settings,
         )
-        self.check_size(options.height, options.width)
+        limit = self.mmdit_config.max_image_size  # the checkpoint's position table
+        for name, side in (("height", options.height), ("width", options.width)):
+            if side > limit:
+                raise ConfigurationError(f"`{name}` {side} exceeds this checkpoint's limit of {limit} pixels (its position table)")
         return options
 
     def auto_batch_size(self, options: GenerationOptions, cap: int = 8) -> int:
@@ -285,16 +275,24 @@ class StableDiffusion3:
             self.models.release()
         return staged
 
-    def _image_latents(self, pixels, seeds, options, staged, timings) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0, noise) for image to image, each (n, 16, h, w) float32 (sampling/img2img.py)."""
-        activation = self.memory.activations(options, self._context_tokens())["vae"]
-        self.memory.check("image encoding", ("vae",), self.models, activation, "use a smaller `height`/`width`")
-        model = self._load("vae", lambda: vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device), timings)
+    def _image_start(self, image, mask_image, seeds, options, staged, timings) -> tuple[torch.Tensor, img2img.Blend | None]:
+        """Image to image: the noised start latents (n, 16, h, w) float32 and, when inpainting, the
+        blend applied after each step (sampling/img2img.py)."""
+        pixels = img2img.preprocess_image(image, options.height, options.width)
+        model = self._vae("image encoding", options, "use a smaller `height`/`width`", timings)
         x0, noise = img2img.encode_start(model, pixels, seeds, self.reference.posterior)
         del model
         if staged:
             self.models.release("vae")
-        return x0, noise
+        blend = None if mask_image is None else img2img.Blend(
+            x0, noise, img2img.preprocess_mask(mask_image, options.height, options.width), options.schedule)
+        return img2img.noised(x0, noise, options.schedule[0]), blend
+
+    def _vae(self, stage: str, options: GenerationOptions, advice: str, timings: dict) -> nn.Module:
+        """The VAE, loaded once the memory check admits `stage` (encoding or decoding) at `options`' size."""
+        activation = self.memory.activations(options, self._context_tokens())["vae"]
+        self.memory.check(stage, ("vae",), self.models, activation, advice)
+        return self._load("vae", lambda: vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device), timings)
 
     def _context_tokens(self) -> int:
         t5 = 0 if self.files.t5xxl is None else self.reference.t5_length
@@ -393,10 +391,8 @@ class StableDiffusion3:
         self, latents: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict, shift: bool = True
     ) -> list[Image.Image]:
         """Model-space latents (n, 16, h, w) -> n PIL images."""
-        activation = self.memory.activations(options, self._context_tokens())["vae"]
-        self.memory.check("decoding", ("vae",), self.models, activation,
-                          'use `batch_size=1`, `dtype="bfloat16"` or a smaller `height`/`width`')
-        model = self._load("vae", lambda: vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device), timings)
+        model = self._vae("decoding", options, 'use `batch_size=1`, `dtype="bfloat16"` or a smaller `height`/`width`',
+                          timings)
         images = []
         start = time.perf_counter()
         with torch.no_grad():

@@ -38,6 +38,7 @@ T5_BLOCK_NAMES = {
     "ffn_gate": "layer.1.DenseReluDense.wi_0", "ffn_up": "layer.1.DenseReluDense.wi_1",
     "ffn_down": "layer.1.DenseReluDense.wo", "ffn_norm": "layer.1.layer_norm",
 }
+_T5_LLAMA_NAMES = {ours: theirs for theirs, ours in T5_BLOCK_NAMES.items()}
 _T5_BLOCK = re.compile(r"enc\.blk\.(\d+)\.(\w+)\.weight")
 
 
@@ -60,7 +61,7 @@ def gguf_t5_name(name: str) -> str:
     if name == "encoder.final_layer_norm.weight":
         return "enc.output_norm.weight"
     block, _, inner = name.removeprefix("encoder.block.").partition(".")
-    llama = {v: k for k, v in T5_BLOCK_NAMES.items()}.get(inner.removesuffix(".weight"))
+    llama = _T5_LLAMA_NAMES.get(inner.removesuffix(".weight"))
     return f"enc.blk.{block}.{llama}.weight" if llama else name
 
 

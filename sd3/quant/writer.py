@@ -41,11 +41,6 @@ def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and name.endswith(".weight") and not name.startswith("first_stage_model.")
 
 
-def _replace(temporary: Path, target: Path) -> Path:
-    os.replace(temporary, target)
-    return target
-
-
 def write_fp8(source: str | os.PathLike, target: str | os.PathLike, *, fp8: str = "F8_E4M3",
               scaling: str | None = None) -> Path:
     """Write `source` with its 2-D weights in fp8.
@@ -90,7 +85,8 @@ def write_fp8(source: str | os.PathLike, target: str | os.PathLike, *, fp8: str 
         metadata["_quantization_metadata"] = json.dumps({"format_version": "1.0", "layers": layers})
     temporary = target.with_name(f".{target.name}.partial")
     save_file(out, str(temporary), metadata=metadata or None)
-    return _replace(temporary, target)
+    os.replace(temporary, target)
+    return target
 
 
 def write_gguf(source: str | os.PathLike, target: str | os.PathLike, qtype: str = "Q8_0", *,
@@ -141,4 +137,5 @@ def write_gguf(source: str | os.PathLike, target: str | os.PathLike, qtype: str 
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return _replace(temporary, target)
+    os.replace(temporary, target)
+    return target
