@@ -1,20 +1,26 @@
 """Sampling and the pipeline: flow-matching schedules, CFG and SLG, the samplers, and text to image.
 
 Mirrors Candle's stable-diffusion-3/sampling.rs and main.rs. Files: `schedules.py`, `guidance.py`,
-`samplers.py`, `noise.py`, `reference.py` (the Candle / Stability / diffusers switch),
+`samplers.py`, `noise.py`, `img2img.py`, `reference.py` (the Candle / Stability / diffusers switch),
 `variants.py`, `hub.py` (where the files come from), `options.py` (one call's checked settings),
-`memory.py` (the memory check), `residency.py` (which models stay loaded), `pipeline.py`.
+`requests.py` (one request per image, the seed rule), `conditioning.py` (the text encoders' output),
+`memory.py` (the memory check), `residency.py` (which models stay loaded), `lifecycle.py` (load,
+time, keep or free, around each stage), `pipeline.py` (the public stages), `run.py` (the one place
+they run in order) and `stream.py` (many prompts, streamed).
 """
 
-from sd3.sampling.guidance import Conditioning, GuidedVelocity, SkipLayerGuidanceConfig
+from sd3.sampling.conditioning import Conditioning
+from sd3.sampling.guidance import GuidedVelocity, SkipLayerGuidanceConfig
 from sd3.sampling.hub import FILE_NAMES, ModelFiles, model_files
 from sd3.sampling.noise import initial_noise
 from sd3.sampling.options import GenerationOptions
 from sd3.sampling.pipeline import GenerationResult, StableDiffusion3
 from sd3.sampling.reference import REFERENCES, Reference
+from sd3.sampling.lifecycle import ModelLifecycle, Timings
+from sd3.sampling.requests import ImageRequest, PromptItem, image_requests
 from sd3.sampling.residency import KEEP
 from sd3.sampling.samplers import SAMPLERS, dpmpp_2m, euler
-from sd3.sampling.stream import ImageResult, PromptItem, StreamStats, generate_many
+from sd3.sampling.stream import ImageResult, StreamStats, generate_many
 from sd3.sampling.schedules import SCHEDULES, explicit_sigmas, sigmas, time_snr_shift
 from sd3.sampling.variants import TOKENIZERS, VARIANTS, Variant, variant
 
@@ -32,6 +38,10 @@ __all__ = [
     "REFERENCES",
     "Reference",
     "KEEP",
+    "ModelLifecycle",
+    "Timings",
+    "ImageRequest",
+    "image_requests",
     "SAMPLERS",
     "dpmpp_2m",
     "euler",

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sd3.errors import ConfigurationError
 from sd3.mmdit.model import MMDiT
+from sd3.sampling.conditioning import Conditioning
 
 
 @dataclass(frozen=True)
@@ -29,16 +29,6 @@ class SkipLayerGuidanceConfig:
         return steps * self.start < step < steps * self.end
 
 
-@dataclass(frozen=True)
-class Conditioning:
-    """What the MMDiT is conditioned on, for b images: context (b, l, 4096), y (b, 2048)."""
-
-    context: torch.Tensor
-    y: torch.Tensor
-    negative_context: torch.Tensor
-    negative_y: torch.Tensor
-
-
 class GuidedVelocity:
     """v(x, sigma, step) for latents x (b, 16, h, w): the guided velocity one sampler step uses.
 
@@ -46,7 +36,7 @@ class GuidedVelocity:
         model: the MMDiT.
         cond: conditioning for the prompts and the negative prompts.
         cfg: guidance scale; at 1 the unconditional pass is skipped unless `uncond_at_cfg_one`.
-        slg: skip-layer guidance, or None.
+        slg: skip-layer guidance, or None (the pipeline checks its layers before anything loads).
         steps: the schedule's number of steps (for SLG's window).
         uncond_first: batch order [uncond, cond] (diffusers) instead of [cond, uncond] (Candle,
             Stability); the result is the same up to rounding.
@@ -64,10 +54,6 @@ class GuidedVelocity:
         uncond_first: bool = False,
         uncond_at_cfg_one: bool = False,
     ) -> None:
-        if slg is not None:
-            bad = [i for i in slg.layers if not 0 <= i < model.config.depth]
-            if bad:
-                raise ConfigurationError(f"SLG layers {bad} do not exist: the MMDiT has blocks 0..{model.config.depth - 1}")
         self.model, self.cond, self.cfg, self.slg, self.steps = model, cond, cfg, slg, steps
         self.uncond_first = uncond_first
         self.guided = cfg != 1.0 or uncond_at_cfg_one

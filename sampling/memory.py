@@ -15,7 +15,8 @@ import torch
 
 from sd3 import clip, mmdit
 from sd3 import vae as vae_lib
-from sd3.checkpoint import TensorSource, open_checkpoint
+from sd3.checkpoint import open_checkpoint
+from sd3.tensor_source import TensorSource
 from sd3.errors import DeviceError
 
 GIB = 2**30
@@ -84,22 +85,28 @@ class StageMemory:
         """Bytes each stage's activations need for a call with `options` (a GenerationOptions)."""
         cfg_batch = 2 if (options.cfg != 1.0 or self.reference.uncond_at_cfg_one) else 1
         tokens = context_tokens + (options.height // 16) * (options.width // 16)
-        height, width = options.height, options.width
-        if options.tile_size is not None:  # activations then span one tile (of the whole batch)
-            height, width = min(height, 8 * options.tile_size), min(width, 8 * options.tile_size)
         return {
             "text": 0,
             "mmdit": mmdit_activation_bytes(cfg_batch * options.batch_size, tokens, self.hidden_size, self.dtype),
-            "vae": vae_activation_bytes(options.batch_size, height, width, self.dtype),
+            "vae": self.decode_bytes(options.batch_size, options.height, options.width, options.tile_size),
         }
 
+    def decode_bytes(self, batch: int, height: int, width: int, tile_size: int | None) -> int:
+        """Bytes the VAE's activations need for `batch` images of height x width pixels; tiled, they
+        span one tile (of the whole batch)."""
+        if tile_size is not None:
+            height, width = min(height, 8 * tile_size), min(width, 8 * tile_size)
+        return vae_activation_bytes(batch, height, width, self.dtype)
+
     def fits_together(self, keep: str, resident: Container[str], options, context_tokens: int) -> bool:
-        """Whether a call keeps its models after their stage: `keep`, or for "auto" the memory check."""
+        """Whether a call keeps its models after their stage: `keep`, or for "auto" the memory check
+        (every model's weights, plus the largest stage's activations at `options`; None: none)."""
         if keep != "auto":
             return keep == "all"
         to_load = sum(size for name, size in self.weights.items() if name not in resident)
+        activation = 0 if options is None else max(self.activations(options, context_tokens).values())
         free = available_bytes(self.device)
-        return free is not None and to_load + max(self.activations(options, context_tokens).values()) <= free
+        return free is not None and to_load + activation <= free
 
     def check(self, stage: str, names: Sequence[str], resident: Container[str], activation: int, advice: str) -> None:
         """Refuse a stage whose models (those not yet loaded) and activations do not fit."""

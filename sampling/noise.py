@@ -21,14 +21,11 @@ def initial_noise(seeds: list[int], channels: int, height: int, width: int, devi
     return torch.stack(draws).to(device)
 
 
-def start_latents(latents: torch.Tensor | None, seeds: list[int], height: int, width: int) -> torch.Tensor:
-    """The denoising start: the seeds' noise, or the caller's `latents` (1 or len(seeds), 16, h/8, w/8)."""
+def check_latents(latents: torch.Tensor, count: int, height: int, width: int) -> None:
+    """Refuse initial `latents` that are not (1 or `count`, 16, height/8, width/8)."""
     shape = (16, height // 8, width // 8)
-    if latents is None:
-        return initial_noise(seeds, *shape)
-    if tuple(latents.shape[1:]) != shape or latents.shape[0] not in (1, len(seeds)):
+    if latents.ndim != 4 or tuple(latents.shape[1:]) != shape or latents.shape[0] not in (1, count):
         raise ConfigurationError(
-            f"initial `latents` must be (1 or {len(seeds)}, {shape[0]}, {shape[1]}, {shape[2]}) for a "
+            f"initial `latents` must be (1 or {count}, {shape[0]}, {shape[1]}, {shape[2]}) for a "
             f"{width}x{height} image, got {tuple(latents.shape)}"
         )
-    return latents.float().expand(len(seeds), *shape)

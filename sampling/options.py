@@ -15,7 +15,7 @@ import torch
 from sd3.errors import ConfigurationError
 from sd3.sampling.guidance import SkipLayerGuidanceConfig
 from sd3.sampling.reference import Reference
-from sd3.sampling.samplers import SAMPLERS
+from sd3.sampling.samplers import sampler as sampler_function
 from sd3.sampling.schedules import explicit_sigmas, sigmas as schedule_sigmas
 from sd3.sampling.variants import Variant
 from sd3.vae.scaling import DECODE_TILE_OVERLAP
@@ -85,34 +85,17 @@ class GenerationOptions:
         for name, value in (("cfg", cfg), ("shift", shift)):
             if not math.isfinite(value):
                 raise ConfigurationError(f"`{name}` must be a finite number, got {value}")
-        if shift <= 0:
-            raise ConfigurationError(f"`shift` must be positive, got {shift}")
-        if sigmas is None and steps < 1:
-            raise ConfigurationError(f"`steps` must be at least 1, got {steps}")
         for name, value in (("num_images", num_images), ("batch_size", batch_size)):
             if value < 1:
                 raise ConfigurationError(f"`{name}` must be at least 1, got {value}")
-        if sampler not in SAMPLERS:
-            raise ConfigurationError(f"unknown `sampler_name` '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+        sampler_function(sampler)  # an unknown name is refused there
         if tile_size is not None and tile_size <= DECODE_TILE_OVERLAP:
             raise ConfigurationError(
                 f"`tile_size` must exceed the {DECODE_TILE_OVERLAP} latent pixels that tiles overlap, got {tile_size}"
             )
+        # steps, shift and explicit sigmas are checked where the schedule is made (sampling/schedules.py)
         schedule = explicit_sigmas(sigmas) if sigmas is not None else schedule_sigmas(reference.schedule, steps, shift)
         return cls(
             height=height, width=width, cfg=cfg, shift=shift, seed=seed, num_images=num_images,
             batch_size=batch_size, slg=slg, sampler=sampler, schedule=schedule, tile_size=tile_size,
         )
-
-
-def prompt_lists(prompts, negative_prompts) -> tuple[list[str], list[str]]:
-    """(prompts, one negative prompt per prompt) from a string or a list of strings each."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ConfigurationError("`prompts` must be a string or a non-empty list of strings")
-    if negative_prompts is None or isinstance(negative_prompts, str):
-        return prompts, [negative_prompts or ""] * len(prompts)
-    negative_prompts = list(negative_prompts)
-    if len(negative_prompts) != len(prompts) or not all(isinstance(p, str) for p in negative_prompts):
-        raise ConfigurationError(f"{len(prompts)} `prompts` but {len(negative_prompts)} `negative_prompts`")
-    return prompts, negative_prompts

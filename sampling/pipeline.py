@@ -1,23 +1,26 @@
-"""Text to image in three stages, as Candle's main.rs: encode the prompts, denoise, decode.
+"""Text to image in public stages, as Candle's main.rs: encode the prompts, denoise, decode.
 
     import sd3
     pipe = sd3.StableDiffusion3.from_variant("3.5-medium")          # files from the Hub cache
     result = pipe.generate(["a photo of a cat"], seed=0)             # the variant's steps and cfg
     result.images[0].save("cat.png")
 
-Models are loaded on first use and kept or freed between stages and calls by the `keep` policy
-(sampling/residency.py): a notebook loop loads each model once, and a small machine still runs
-one stage at a time. Before each load, the memory check refuses, with advice, a stage that cannot fit.
+    conditioning = pipe.encode(["a photo of a cat"])                 # or one stage at a time
+    options = pipe.options(height=512, width=512, steps=28)
+    latents = pipe.denoise(conditioning, torch.randn(1, 16, 64, 64), options)
+    pipe.decode(latents)[0].save("cat.png")
+
+`generate()` checks everything first (`check`), then sampling/run.py runs the stages; every stage
+loads, keeps and frees its models through `pipe.lifecycle` (sampling/lifecycle.py), as the `keep`
+policy says: a notebook loop loads each model once, and a small machine runs one stage at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
@@ -30,20 +33,21 @@ from sd3.checkpoint import open_checkpoint
 from sd3.devices import default_dtype, describe, resolve_device, resolve_dtype
 from sd3.errors import ConfigurationError, SamplingError
 from sd3.lora import LoRA, load_lora
-from sd3.sampling import img2img, memory
-from sd3.sampling.guidance import Conditioning, GuidedVelocity, SkipLayerGuidanceConfig
+from sd3.sampling import img2img, memory, run, stream
+from sd3.sampling.conditioning import Conditioning
+from sd3.sampling.guidance import GuidedVelocity, SkipLayerGuidanceConfig
 from sd3.sampling.hub import ModelFiles, model_files
 from sd3.sampling.img2img import ImageLike
-from sd3.sampling.noise import start_latents
-from sd3.sampling.options import GenerationOptions, prompt_lists
+from sd3.sampling.lifecycle import ModelLifecycle
+from sd3.sampling.options import GenerationOptions
 from sd3.sampling.reference import Reference
+from sd3.sampling.noise import check_latents
+from sd3.sampling.requests import ImageRequest, image_requests, prompt_lists
 from sd3.sampling.residency import ResidentModels, check_keep
 from sd3.sampling.samplers import StepCallback, sampler
-from sd3.sampling.stream import generate_many
 from sd3.sampling.variants import Variant, variant as variant_named
 
 logger = logging.getLogger(__name__)
-TEXT_ENCODERS = ("clip_l", "clip_g", "t5")
 
 
 @dataclass
@@ -55,6 +59,8 @@ class GenerationResult:
     negative_prompts: list[str]
     steps: int  # denoising steps per image (the schedule's length minus one)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load, encode, denoise, decode
+    requests: list[ImageRequest] = field(default_factory=list)  # one per image: its index, texts and seed
+    options: GenerationOptions | None = None  # the checked settings (image to image: the schedule it ran)
 
 
 class StableDiffusion3:
@@ -92,15 +98,19 @@ class StableDiffusion3:
         self.keep = check_keep(keep)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype) if dtype is not None else default_dtype(self.device)
-        self.compile = compile
         logger.info("%s, %s", describe(self.device), str(self.dtype).removeprefix("torch."))
         self.loras: list[tuple] = []  # (LoRA, scale, merge, strict), applied to each model as it loads
         self._user_on_load = on_load or (lambda name, module: None)
         self.models = ResidentModels(self.device, self._adapt)
         self._tokenizers: dict[str, object] = {}
+        self._meta: dict[str, nn.Module] | None = None  # the architectures, for checks (`_architectures`)
         with open_checkpoint(files.checkpoint) as checkpoint:
             self.mmdit_config = mmdit.Config.from_state_dict(checkpoint.component(mmdit.PREFIX).shapes())
         self.memory = memory.StageMemory(files, self.dtype, self.device, self.reference, self.mmdit_config.hidden_size)
+        self.lifecycle = ModelLifecycle(
+            self.models, self.memory, self.keep, self._loaders(self.device), {"mmdit": torch.compile} if compile else {},
+            context_tokens=77 + (0 if files.t5xxl is None else self.reference.t5_length),
+        )
 
     @classmethod
     def from_variant(
@@ -142,16 +152,37 @@ class StableDiffusion3:
         return cls(resolved, variant=chosen, reference=reference, dtype=dtype, device=device, keep=keep,
                    on_load=on_load, compile=compile)
 
+    def _loaders(self, device: torch.device) -> dict[str, Callable[[], nn.Module]]:
+        files, dtype = self.files, self.dtype
+        loaders = {
+            "clip_l": lambda: clip.load_clip_l(files.clip_l, dtype=dtype, device=device),
+            "clip_g": lambda: clip.load_clip_g(files.clip_g, dtype=dtype, device=device,
+                                               hidden_act=self.reference.clip_g_gelu),
+            "t5": lambda: clip.load_t5(files.t5xxl, dtype=dtype, device=device),
+            "mmdit": lambda: mmdit.load_mmdit(files.checkpoint, dtype=dtype, device=device),
+            "vae": lambda: vae_lib.load_vae(files.vae, dtype=dtype, device=device),
+        }
+        if files.t5xxl is None:
+            del loaders["t5"]
+        return loaders
+
     # -- adapters --------------------------------------------------------------------------------
     def add_lora(self, path, scale: float = 1.0, *, merge: bool = True, strict: bool = True) -> LoRA:
         """Apply a LoRA file (diffusers/PEFT, kohya or original names; or a `LoRA` already read) to this
         pipeline's models: now to those loaded, at load to the rest. Returns the LoRA (its `sha256`).
         `merge=False` keeps the weights untouched and adds the delta at forward time (docs/lora.md)."""
         lora = path if isinstance(path, LoRA) else load_lora(path)
+        lora.check(self._architectures(), strict)  # every module against this checkpoint: nothing loads
         self.loras.append((lora, scale, merge, strict))
         for name, module in self.models.models.items():
             lora.apply({name: module}, scale, merge=merge, strict=strict, only=name)
         return lora
+
+    def _architectures(self) -> dict[str, nn.Module]:
+        """The models a LoRA can adapt, on the `meta` device: built from the file headers, no weight read."""
+        if self._meta is None:
+            self._meta = {name: load() for name, load in self._loaders(torch.device("meta")).items() if name != "vae"}
+        return self._meta
 
     def _adapt(self, name: str, module: nn.Module) -> None:
         for lora, scale, merge, strict in self.loras:
@@ -160,7 +191,7 @@ class StableDiffusion3:
 
     # -- residency -------------------------------------------------------------------------------
     def unload(self) -> None:
-        """Free every loaded model; the next `generate()` loads what it needs again."""
+        """Free every loaded model; the next stage loads what it needs again."""
         self.models.release()
 
     def __enter__(self) -> StableDiffusion3:
@@ -169,10 +200,189 @@ class StableDiffusion3:
     def __exit__(self, *exc) -> None:
         self.unload()
 
-    # -- the call --------------------------------------------------------------------------------
+    # -- checking (nothing loads) ----------------------------------------------------------------
+    def options(
+        self,
+        *,
+        height: int = 1024,
+        width: int = 1024,
+        steps: int | None = None,
+        cfg: float | None = None,
+        shift: float | None = None,
+        seed: int = 0,
+        num_images: int = 1,
+        batch_size: int = 1,
+        slg: SkipLayerGuidanceConfig | bool | None = None,
+        sampler_name: str = "euler",
+        sigmas: Sequence[float] | None = None,
+        tile_size: int | None = None,
+        strength: float | None = None,
+    ) -> GenerationOptions:
+        """`generate()`'s settings, filled from the variant and checked against this checkpoint.
+
+        `strength` (image to image) keeps the last part of the schedule (sampling/img2img.py).
+
+        Raises:
+            ConfigurationError: any value out of range; a size beyond the checkpoint's position
+                table; SLG layers the MMDiT does not have.
+        """
+        options = GenerationOptions.resolve(
+            self.variant, self.reference, height=height, width=width, steps=steps, cfg=cfg, shift=shift, seed=seed,
+            num_images=num_images, batch_size=batch_size, slg=slg, sampler=sampler_name,
+            sigmas=list(sigmas) if sigmas is not None else None, tile_size=tile_size,
+        )
+        limit = self.mmdit_config.max_image_size  # the checkpoint's position table
+        for name, side in (("height", options.height), ("width", options.width)):
+            if side > limit:
+                raise ConfigurationError(f"`{name}` {side} exceeds this checkpoint's limit of {limit} pixels (its position table)")
+        depth = self.mmdit_config.depth
+        if options.slg is not None and any(not 0 <= i < depth for i in options.slg.layers):
+            raise ConfigurationError(f"SLG layers {list(options.slg.layers)} do not exist: this MMDiT has blocks "
+                                     f"0..{depth - 1}, so `slg` cannot skip them")
+        if strength is not None:
+            skip = img2img.start_index(options.steps, strength, self.reference.img2img_start)  # < steps for strength > 0
+            options = replace(options, schedule=options.schedule[skip:])
+        return options
+
+    def check_conditioning(self, conditioning: Conditioning) -> Conditioning:
+        """Refuse a `conditioning` whose widths are not this MMDiT's (context (n, l, d), y (n, p))."""
+        cfg = self.mmdit_config
+        if conditioning.context.shape[-1] != cfg.context_dim or conditioning.y.shape[-1] != cfg.adm_in_channels:
+            raise ConfigurationError(
+                f"the `conditioning` has context width {conditioning.context.shape[-1]} and pooled width "
+                f"{conditioning.y.shape[-1]}; this MMDiT takes {cfg.context_dim} and {cfg.adm_in_channels}"
+            )
+        return conditioning
+
+    def auto_batch_size(self, options: GenerationOptions, cap: int = 8) -> int:
+        """The largest batch, at most `cap`, whose denoising and decoding the memory check admits (1 if unknown)."""
+        return self.memory.largest_batch(options, self.lifecycle.context_tokens, self.models, cap)
+
+    # -- stage 1: text -> conditioning -----------------------------------------------------------
+    def encode(self, prompts: str | Sequence[str], negative_prompts: str | Sequence[str] | None = None) -> Conditioning:
+        """Prompts (n) and negative prompts (one for all, or one each; None: "") -> `Conditioning`:
+        context (n, 77 + T5 length, 4096) and y (n, 2048) for each, in the pipeline's dtype and device.
+
+        All 2n texts go through the encoders in one batch, prompts first (sampling/run.py says why
+        that is fixed). Without T5 its rows are zeros."""
+        prompts, negative_prompts = prompt_lists(prompts, negative_prompts)
+        with self.lifecycle.stage("encode") as models:
+            encoder = clip.TripleTextEncoder(
+                models["clip_l"], self._tokenizer("clip_l"), models["clip_g"], self._tokenizer("clip_g"),
+                models.get("t5"), self._tokenizer("t5"), t5_length=self.reference.t5_length,
+                context_dim=self.mmdit_config.context_dim,
+            )
+            context, y = encoder.encode(prompts + negative_prompts)
+        n = len(prompts)
+        return Conditioning(context[:n], y[:n], context[n:], y[n:])
+
+    def _tokenizer(self, name: str):
+        ref, files = self.reference, self.files
+        if not self._tokenizers:
+            self._tokenizers = {
+                "clip_l": clip.CLIPTokenizer(files.clip_l_tokenizer, pad_token=ref.clip_l_pad),
+                "clip_g": clip.CLIPTokenizer(files.clip_g_tokenizer, pad_token=ref.clip_g_pad),
+                "t5": clip.T5Tokenizer(files.t5_tokenizer, max_length=ref.t5_length, truncate=ref.t5_truncate)
+                if files.t5xxl is not None else None,
+            }
+        return self._tokenizers[name]
+
+    def encode_image(self, image: ImageLike, seeds: list[int], *, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image to image's start: the image, resized to height x width, through the VAE encoder.
+
+        Returns (x0, noise), each (len(seeds), 16, height/8, width/8) float32 on the CPU: x0 in model
+        space (the posterior's mean, or a sample per seed as diffusers draws it: `Reference.posterior`)
+        and each seed's noise."""
+        pixels = img2img.preprocess_image(img2img.open_image(image), height, width)
+        activation = self.memory.decode_bytes(1, height, width, None)
+        with self.lifecycle.stage("encode_image", activation) as models:
+            return img2img.encode_start(models["vae"], pixels, seeds, self.reference.posterior)
+
+    # -- stage 2: denoising ----------------------------------------------------------------------
+    def denoise(
+        self,
+        conditioning: Conditioning,
+        latents: torch.Tensor,
+        options: GenerationOptions,
+        *,
+        on_step: StepCallback | None = None,
+        blend: img2img.Blend | None = None,
+        attention_backend=None,
+        quiet: bool = True,
+    ) -> torch.Tensor:
+        """Start latents (n, 16, h, w) -> final latents (n, 16, h, w) float32 on the CPU, over
+        `options.schedule` (from `options()`), in batches of `options.batch_size`.
+
+        Args:
+            conditioning: one row per image (`conditioning.rows` repeats a prompt's).
+            latents: where the schedule starts: noise for σ = 1, or a noised image (img2img).
+            on_step: `on_step(step, steps, latents)` after every step.
+            blend: inpainting's replacement of the kept area after every step (sampling/img2img.py).
+            attention_backend: a context manager around it (e.g. torch's `sdpa_kernel`).
+
+        Raises:
+            ConfigurationError: latents and conditioning of different lengths, or latents not of
+                the options' size.
+            SamplingError: the result holds NaN or inf (usually float16 overflow).
+        """
+        n, shape = latents.shape[0], (16, options.height // 8, options.width // 8)
+        if tuple(latents.shape[1:]) != shape or len(conditioning) != n:
+            raise ConfigurationError(f"`latents` {tuple(latents.shape)} must be (n, {', '.join(map(str, shape))}) "
+                                     f"for `options`' size, with one `conditioning` row each ({len(conditioning)})")
+        activation = self.memory.activations(options, conditioning.context.shape[1])["mmdit"]
+        ref, schedule, sample = self.reference, options.schedule.to(self.device), sampler(options.sampler)
+        batches = range(0, n, options.batch_size)
+        bar = tqdm(total=options.steps * len(batches), desc="denoising", unit="step", disable=quiet, leave=False)
+
+        def after_step(step: int, steps: int, x: torch.Tensor) -> None:
+            bar.update()
+            if on_step is not None:
+                on_step(step, steps, x)
+
+        outputs = []
+        with self.lifecycle.stage("denoise", activation) as models, torch.no_grad(), bar, \
+                attention_backend or contextlib.nullcontext():
+            for first in batches:
+                part = slice(first, first + options.batch_size)
+                velocity = GuidedVelocity(
+                    models["mmdit"], conditioning.rows(part).to(self.device), cfg=options.cfg, slg=options.slg,
+                    steps=options.steps, uncond_first=ref.uncond_first, uncond_at_cfg_one=ref.uncond_at_cfg_one,
+                )
+                x = latents[part].to(self.device, torch.float32)
+                outputs.append(sample(velocity, x, schedule, round_to=self.dtype if ref.round_latents else None,
+                                      on_step=after_step, after_step=blend.part(part, self.device) if blend else None).cpu())
+        final = torch.cat(outputs)
+        if not torch.isfinite(final).all():
+            raise SamplingError(
+                "the latents contain NaN or inf; the usual cause is float16 overflow (in T5 or the MMDiT): "
+                'use `dtype="bfloat16"` or `dtype="float32"`'
+            )
+        return final
+
+    # -- stage 3: decoding -----------------------------------------------------------------------
+    def decode(
+        self, latents: torch.Tensor, *, batch_size: int = 1, tile_size: int | None = None, shift: bool = True
+    ) -> list[Image.Image]:
+        """Model-space latents (n, 16, h, w) -> n RGB PIL images of 8h x 8w, `batch_size` at a time.
+
+        Args:
+            tile_size: decode in tiles of this many latent pixels (bounds the VAE's memory).
+            shift: False leaves out the VAE shift, as diffusers' inpainting does (`Reference`).
+        """
+        if latents.ndim != 4 or latents.shape[1] != 16:
+            raise ConfigurationError(f"`latents` must be (n, 16, h, w), got {tuple(latents.shape)}")
+        activation = self.memory.decode_bytes(batch_size, 8 * latents.shape[2], 8 * latents.shape[3], tile_size)
+        images = []
+        with self.lifecycle.stage("decode", activation) as models, torch.no_grad():
+            for first in range(0, latents.shape[0], batch_size):
+                part = latents[first : first + batch_size].to(self.device)
+                images += vae_lib.to_pil(vae_lib.decode_latents(models["vae"], part, tile_size=tile_size, shift=shift))
+        return images
+
+    # -- the whole call --------------------------------------------------------------------------
     def generate(
         self,
-        prompts: str | Sequence[str],
+        prompts: str | Sequence[str] | None = None,
         negative_prompts: str | Sequence[str] | None = None,
         *,
         height: int = 1024,
@@ -194,6 +404,7 @@ class StableDiffusion3:
         init_image: ImageLike | None = None,
         strength: float | None = None,
         mask: ImageLike | None = None,
+        conditioning: Conditioning | None = None,
     ) -> GenerationResult:
         """Generate `num_images` images for each prompt; image k (counting across prompts) uses seed + k.
 
@@ -212,196 +423,59 @@ class StableDiffusion3:
                 resized to height x width as diffusers' image processor resizes it.
             strength: how much of the schedule runs, in (0, 1] (default 0.6 with an `init_image`).
             mask: inpainting: white repaints, black keeps `init_image` (the same size as it).
-            (sampling/img2img.py explains both, and where the references differ.)
+                (sampling/img2img.py explains both, and where the references differ.)
+            conditioning: from `encode()` (or `Conditioning.load`), one row per prompt, in place of
+                the text: the text encoders do not load. `prompts` may still name the rows.
+
+        Raises:
+            ConfigurationError: any setting or input that cannot run, before any model loads.
         """
+        work = self.check(prompts, negative_prompts, height=height, width=width, steps=steps, cfg=cfg,
+                                    shift=shift, seed=seed, num_images=num_images, batch_size=batch_size, slg=slg,
+                                    sampler_name=sampler_name, sigmas=sigmas, latents=latents, tile_size=tile_size,
+                                    init_image=init_image, strength=strength, mask=mask, conditioning=conditioning)
+        work = replace(work, on_step=on_step, attention_backend=attention_backend, quiet=quiet)
+        rendered = list(run.render(self, work))  # encode, start, denoise, decode (sampling/run.py)
+        requests = work.requests
+        return GenerationResult(
+            images=[image for r in rendered for image in r.images], latents=torch.cat([r.latents for r in rendered]),
+            seeds=[r.seed for r in requests], prompts=[r.prompt for r in requests],
+            negative_prompts=[r.negative_prompt for r in requests], steps=work.largest.steps,
+            timings=self.lifecycle.timings.as_dict(), requests=requests, options=work.largest,
+        )
+
+    def check(self, prompts, negative_prompts=None, *, latents=None, init_image=None, strength=None, mask=None,
+              conditioning: Conditioning | None = None, **settings) -> run.Work:
+        """A `generate()` request checked whole, against this checkpoint, before any model loads: the
+        `Work` that sampling/run.py runs (`settings` as for `options()`).
+
+        Raises:
+            ConfigurationError: as `generate()` says."""
         image, mask_image = img2img.check_inputs(init_image, strength, mask)
         if image is not None and latents is not None:
             raise ConfigurationError("`latents` and `init_image` do not go together: the image sets the start")
-        options = self.options(height=height, width=width, steps=steps, cfg=cfg, shift=shift, seed=seed,
-                               num_images=num_images, batch_size=batch_size, slg=slg, sampler_name=sampler_name,
-                               sigmas=sigmas, tile_size=tile_size)
-        if image is not None:
-            strength = 0.6 if strength is None else strength
-            skip = img2img.start_index(options.steps, strength, self.reference.img2img_start)  # < steps for strength > 0
-            options = dataclasses.replace(options, schedule=options.schedule[skip:])
-        prompts, negative_prompts = prompt_lists(prompts, negative_prompts)
-        per_image = [i for i in range(len(prompts)) for _ in range(num_images)]
-        seeds = [seed + k for k in range(len(per_image))]
-        timings = {"load": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0}
-        staged = self.plan(options)
-
-        context, y = self._encode(list(prompts) + list(negative_prompts), staged, timings)
-        n, index = len(prompts), torch.tensor(per_image)
-        cond = Conditioning(context[:n][index], y[:n][index], context[n:][index], y[n:][index])
-        if image is None:
-            start, blend = start_latents(latents, seeds, options.height, options.width), None
-        else:
-            start, blend = self._image_start(image, mask_image, seeds, options, staged, timings)
-        final = self._denoise(cond, start, options, staged, timings, on_step, attention_backend, quiet, blend)
-        shift = mask_image is None or self.reference.inpaint_decode_shift
-        images = self._decode(final, options, staged, timings, shift=shift)
-        return GenerationResult(
-            images=images, latents=final.cpu(), seeds=seeds, prompts=[prompts[i] for i in per_image],
-            negative_prompts=[negative_prompts[i] for i in per_image], steps=options.steps, timings=timings,
-        )
+        if image is not None and strength is None:
+            strength = 0.6
+        options = self.options(**settings, strength=strength)
+        if conditioning is not None:
+            self.check_conditioning(conditioning)
+            if negative_prompts is not None:
+                raise ConfigurationError("`negative_prompts` are inside the `conditioning`: give one or the other")
+            prompts = [""] * len(conditioning) if prompts is None else prompts
+        elif prompts is None:
+            raise ConfigurationError("give `prompts`, or a `conditioning` from `encode()`")
+        requests = image_requests(prompts, negative_prompts, seed=options.seed, num_images=options.num_images)
+        if conditioning is not None and len(conditioning) != requests[-1].prompt_index + 1:
+            raise ConfigurationError(f"the `conditioning` has {len(conditioning)} rows for "
+                                     f"{requests[-1].prompt_index + 1} `prompts`: one row per prompt")
+        if latents is not None:
+            check_latents(latents, len(requests), options.height, options.width)
+        batches = run.batches(requests, lambda request: options, options.batch_size)
+        edit = None if image is None else run.Edit(image, mask_image, strength)
+        return run.Work(batches, [list(range(len(batches)))], conditioning=conditioning, latents=latents, edit=edit)
 
     def generate_many(self, prompts, **settings):
         """Stream images for many prompts, each handed back as soon as it is decoded: see
         `sd3.sampling.stream.generate_many` (this pipeline's models stay loaded as `keep` says)."""
-        return generate_many(self, prompts, **settings)
-
-    def options(self, **settings) -> GenerationOptions:
-        """`generate()`'s settings, checked against this pipeline's variant and checkpoint (nothing loads)."""
-        sigmas = settings.pop("sigmas")
-        options = GenerationOptions.resolve(
-            self.variant, self.reference, sampler=settings.pop("sampler_name"),
-            sigmas=list(sigmas) if sigmas is not None else None, **settings,
-        )
-        limit = self.mmdit_config.max_image_size  # the checkpoint's position table
-        for name, side in (("height", options.height), ("width", options.width)):
-            if side > limit:
-                raise ConfigurationError(f"`{name}` {side} exceeds this checkpoint's limit of {limit} pixels (its position table)")
-        return options
-
-    def auto_batch_size(self, options: GenerationOptions, cap: int = 8) -> int:
-        """The largest batch, at most `cap`, whose denoising and decoding the memory check admits (1 if unknown)."""
-        return self.memory.largest_batch(options, self._context_tokens(), self.models, cap)
-
-    def plan(self, options: GenerationOptions) -> bool:
-        """Whether a call with `options` runs staged (models freed after their stage); a staged
-        call first frees whatever an earlier call left loaded."""
-        staged = not self.memory.fits_together(self.keep, self.models, options, self._context_tokens())
-        if staged:
-            self.models.release()
-        return staged
-
-    def _image_start(self, image, mask_image, seeds, options, staged, timings) -> tuple[torch.Tensor, img2img.Blend | None]:
-        """Image to image: the noised start latents (n, 16, h, w) float32 and, when inpainting, the
-        blend applied after each step (sampling/img2img.py)."""
-        pixels = img2img.preprocess_image(image, options.height, options.width)
-        model = self._vae("image encoding", options, "use a smaller `height`/`width`", timings)
-        x0, noise = img2img.encode_start(model, pixels, seeds, self.reference.posterior)
-        del model
-        if staged:
-            self.models.release("vae")
-        blend = None if mask_image is None else img2img.Blend(
-            x0, noise, img2img.preprocess_mask(mask_image, options.height, options.width), options.schedule)
-        return img2img.noised(x0, noise, options.schedule[0]), blend
-
-    def _vae(self, stage: str, options: GenerationOptions, advice: str, timings: dict) -> nn.Module:
-        """The VAE, loaded once the memory check admits `stage` (encoding or decoding) at `options`' size."""
-        activation = self.memory.activations(options, self._context_tokens())["vae"]
-        self.memory.check(stage, ("vae",), self.models, activation, advice)
-        return self._load("vae", lambda: vae_lib.load_vae(self.files.vae, dtype=self.dtype, device=self.device), timings)
-
-    def _context_tokens(self) -> int:
-        t5 = 0 if self.files.t5xxl is None else self.reference.t5_length
-        return 77 + t5
-
-    def _load(self, name: str, load: Callable[[], nn.Module], timings: dict, prepare=None) -> nn.Module:
-        if name in self.models:
-            return self.models.get(name, load)
-        start = time.perf_counter()
-        module = self.models.get(name, load, prepare)
-        timings["load"] += time.perf_counter() - start
-        return module
-
-    # -- stage 1: text ---------------------------------------------------------------------------
-    def _text_encoder(self, timings: dict) -> clip.TripleTextEncoder:
-        ref, files, dtype, device = self.reference, self.files, self.dtype, self.device
-        self.memory.check("text encoding", TEXT_ENCODERS, self.models, 0,
-                          'use `dtype="bfloat16"` or `files["t5xxl"]=None` (saves ~10 GB), or `device="cpu"`')
-        clip_l = self._load("clip_l", lambda: clip.load_clip_l(files.clip_l, dtype=dtype, device=device), timings)
-        clip_g = self._load("clip_g", lambda: clip.load_clip_g(
-            files.clip_g, dtype=dtype, device=device, hidden_act=ref.clip_g_gelu), timings)
-        t5 = None
-        if files.t5xxl is not None:
-            t5 = self._load("t5", lambda: clip.load_t5(files.t5xxl, dtype=dtype, device=device), timings)
-        if not self._tokenizers:
-            self._tokenizers = {
-                "clip_l": clip.CLIPTokenizer(files.clip_l_tokenizer, pad_token=ref.clip_l_pad),
-                "clip_g": clip.CLIPTokenizer(files.clip_g_tokenizer, pad_token=ref.clip_g_pad),
-                "t5": clip.T5Tokenizer(files.t5_tokenizer, max_length=ref.t5_length, truncate=ref.t5_truncate)
-                if files.t5xxl is not None else None,
-            }
-        tok = self._tokenizers
-        return clip.TripleTextEncoder(clip_l, tok["clip_l"], clip_g, tok["clip_g"], t5, tok["t5"],
-                                      t5_length=ref.t5_length, context_dim=self.mmdit_config.context_dim)
-
-    def _encode(self, prompts: list[str], staged: bool, timings: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts -> (context (n, l, 4096), y (n, 2048))."""
-        encoder = self._text_encoder(timings)
-        start = time.perf_counter()
-        context, y = encoder.encode(prompts)
-        timings["encode"] += time.perf_counter() - start
-        del encoder
-        if staged:
-            self.models.release(*TEXT_ENCODERS)
-        return context, y
-
-    # -- stage 2: denoising ----------------------------------------------------------------------
-    def _denoise(
-        self, cond: Conditioning, noise: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict,
-        on_step: StepCallback | None = None, attention_backend=None, quiet: bool = True, blend: img2img.Blend | None = None,
-    ) -> torch.Tensor:
-        """Noise (n, 16, h, w) -> final latents (n, 16, h, w) float32, in batches."""
-        activation = self.memory.activations(options, cond.context.shape[1])["mmdit"]
-        self.memory.check("denoising", ("mmdit",), self.models, activation,
-                          'use `dtype="bfloat16"`, a smaller `height`/`width` or `batch_size=1`')
-        prepare = torch.compile if self.compile else None
-        model = self._load("mmdit", lambda: mmdit.load_mmdit(self.files.checkpoint, dtype=self.dtype, device=self.device),
-                           timings, prepare)
-        ref, schedule, sample = self.reference, options.schedule.to(self.device), sampler(options.sampler)
-        batches = range(0, noise.shape[0], options.batch_size)
-        bar = tqdm(total=options.steps * len(batches), desc="denoising", unit="step", disable=quiet, leave=False)
-
-        def after_step(step: int, steps: int, x: torch.Tensor) -> None:
-            bar.update()
-            if on_step is not None:
-                on_step(step, steps, x)
-
-        outputs = []
-        start = time.perf_counter()
-        with torch.no_grad(), attention_backend or contextlib.nullcontext(), bar:
-            for first in batches:
-                part = slice(first, first + options.batch_size)
-                batch_cond = Conditioning(*(t[part] for t in (cond.context, cond.y, cond.negative_context, cond.negative_y)))
-                velocity = GuidedVelocity(
-                    model, batch_cond, cfg=options.cfg, slg=options.slg, steps=options.steps,
-                    uncond_first=ref.uncond_first, uncond_at_cfg_one=ref.uncond_at_cfg_one,
-                )
-                x = noise[part].to(self.device, torch.float32)
-                round_to = self.dtype if ref.round_latents else None
-                outputs.append(sample(velocity, x, schedule, round_to=round_to, on_step=after_step,
-                                      after_step=blend.part(part, self.device) if blend else None))
-        timings["denoise"] += time.perf_counter() - start
-        del model
-        if staged:
-            self.models.release("mmdit")
-        latents = torch.cat(outputs)
-        if not torch.isfinite(latents).all():
-            raise SamplingError(
-                "the latents contain NaN or inf; the usual cause is float16 overflow (in T5 or the MMDiT): "
-                'use `dtype="bfloat16"` or `dtype="float32"`'
-            )
-        return latents
-
-    # -- stage 3: decoding -----------------------------------------------------------------------
-    def _decode(
-        self, latents: torch.Tensor, options: GenerationOptions, staged: bool, timings: dict, shift: bool = True
-    ) -> list[Image.Image]:
-        """Model-space latents (n, 16, h, w) -> n PIL images."""
-        model = self._vae("decoding", options, 'use `batch_size=1`, `dtype="bfloat16"` or a smaller `height`/`width`',
-                          timings)
-        images = []
-        start = time.perf_counter()
-        with torch.no_grad():
-            for first in range(0, latents.shape[0], options.batch_size):
-                part = latents[first : first + options.batch_size].to(self.device)
-                images += vae_lib.to_pil(vae_lib.decode_latents(model, part, tile_size=options.tile_size, shift=shift))
-        timings["decode"] += time.perf_counter() - start
-        del model
-        if staged:
-            self.models.release("vae")
-        return images
+        return stream.generate_many(self, prompts, **settings)
 

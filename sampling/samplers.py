@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from sd3.errors import SamplingError
+from sd3.errors import ConfigurationError
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step, steps, latents after it)
@@ -92,5 +92,5 @@ SAMPLERS = {"euler": euler, "dpmpp_2m": dpmpp_2m}
 def sampler(name: str):
     """The sampler function named `name` ("euler" or "dpmpp_2m")."""
     if name not in SAMPLERS:
-        raise SamplingError(f"unknown `sampler_name` '{name}'; choose one of {', '.join(SAMPLERS)}")
+        raise ConfigurationError(f"unknown `sampler_name` '{name}'; choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from sd3.errors import SamplingError
+from sd3.errors import ConfigurationError
 
 TRAINING_TIMESTEPS = 1000
 
@@ -58,11 +58,11 @@ SCHEDULES = {"candle": candle_sigmas, "diffusers": diffusers_sigmas, "stability"
 def sigmas(schedule: str, steps: int, shift: float = 3.0) -> torch.Tensor:
     """The N + 1 sigmas (float32, from 1 down to 0) of an N-step schedule."""
     if steps < 1:
-        raise SamplingError(f"`steps` must be at least 1, got {steps}")
+        raise ConfigurationError(f"`steps` must be at least 1, got {steps}")
     if shift <= 0:
-        raise SamplingError(f"`shift` must be positive, got {shift}")
+        raise ConfigurationError(f"`shift` must be positive, got {shift}")
     if schedule not in SCHEDULES:
-        raise SamplingError(f"unknown schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
+        raise ConfigurationError(f"unknown schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
     return SCHEDULES[schedule](steps, shift)
 
 
@@ -70,9 +70,9 @@ def explicit_sigmas(values: Sequence[float]) -> torch.Tensor:
     """A caller's own schedule: strictly decreasing, ending at 0 (appended if missing)."""
     tensor = torch.tensor(list(values), dtype=torch.float32)
     if tensor.ndim != 1 or len(tensor) < 1:
-        raise SamplingError("an explicit schedule needs at least one sigma")
+        raise ConfigurationError("explicit `sigmas` need at least one value")
     if tensor[-1] != 0:
         tensor = torch.cat([tensor, torch.zeros(1)])
     if not (tensor[1:] < tensor[:-1]).all() or tensor[0] > 1 or tensor[-1] < 0:
-        raise SamplingError(f"sigmas must decrease strictly from at most 1 to 0, got {tensor.tolist()}")
+        raise ConfigurationError(f"`sigmas` must decrease strictly from at most 1 to 0, got {tensor.tolist()}")
     return tensor

@@ -1,4 +1,4 @@
-"""Many prompts, streamed: encode a chunk, denoise it in batches, decode, and hand each image back at once.
+"""Many prompts, streamed: the list cut into chunks, each run through the stages, each image handed back at once.
 
     for result in pipe.generate_many(["a cat", "a dog", ...], seed=0, batch_size=4):
         result.image.save(f"{result.index:05d}.png")
@@ -8,18 +8,14 @@ chunk is one batch, so the first image comes back after one batch's work. In a s
 chunk loads and frees each model once, so chunks grow until loading is at most a tenth of the time
 (`StreamStats` reports the share).
 
-Reproducibility. Image k's noise comes from its own seed (the run's seed + its global index, or the
-seed its prompt line gives). Its batch is fixed by its global index too: batch j holds the indices
-j·B .. j·B + B − 1 (B the batch size; split where prompt lines change settings), and text is encoded
-one batch at a time. Matrix kernels on CPUs and GPUs are not batch-invariant (a row's result can
-depend on how many rows share the call), so fixing the batch is what makes an image the same bytes
-whatever the chunk size, the resume point or the number of processes. A different batch size
-changes images at the level of float rounding.
+Each chunk runs through sampling/run.py, the same stages as `generate()`. Image k's noise comes from
+its own seed (sampling/requests.py), its batch is fixed by its global index, and its text is encoded
+with its batch alone, so its bytes are the same whatever the chunk size, the resume point or the
+number of processes. A different batch size changes images at the level of float rounding.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,32 +24,22 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sd3.errors import ConfigurationError
-from sd3.sampling.guidance import Conditioning
-from sd3.sampling.noise import initial_noise
+from sd3.sampling import img2img, run
 from sd3.sampling.options import GenerationOptions
+from sd3.sampling.requests import ImageRequest, PromptItem, image_requests, settings_key
 
 MAX_CHUNK = 256  # prompts per chunk at most: bounds the conditioning held between stages
 LOAD_SHARE = 0.1  # a staged run grows its chunks until loading is at most this share of the time
 
 
-@dataclass(frozen=True)
-class PromptItem:
-    """One image to make: its global index, its prompt, and the settings its line overrides
-    (`negative_prompt`, `seed`, `height`, `width`, `steps`, `cfg`, `shift`)."""
-
-    index: int
-    prompt: str
-    overrides: dict = field(default_factory=dict)
-
-
 @dataclass
 class ImageResult:
-    index: int  # the prompt's global index (its line among the prompts)
+    index: int  # the image's global index
     image: Image.Image
     prompt: str
     negative_prompt: str
     seed: int
-    settings: dict  # height, width, steps, cfg, shift, sampler, slg of this image
+    settings: dict  # height, width, steps, cfg, shift, sampler, slg of this image (`describe`)
     seconds: float  # this image's share of its batch's denoising and decoding time (loads excluded)
 
 
@@ -75,7 +61,7 @@ class StreamStats:
 
 def generate_many(
     pipe,
-    prompts: Iterable[str | PromptItem],
+    prompts: Iterable[str | PromptItem | ImageRequest],
     *,
     negative_prompt: str = "",
     seed: int = 0,
@@ -83,65 +69,80 @@ def generate_many(
     chunk_size: int | None = None,
     stats: StreamStats | None = None,
     quiet: bool = False,
+    init_image: img2img.ImageLike | None = None,
+    strength: float | None = None,
+    mask: img2img.ImageLike | None = None,
     **settings,
 ) -> Iterator[ImageResult]:
-    """Yield one `ImageResult` per prompt as soon as it is decoded (in order within a chunk).
+    """Yield one `ImageResult` per image as soon as it is decoded (in index order within a chunk).
 
     Args:
         pipe: a `StableDiffusion3`.
-        prompts: strings (indexed by position) or `PromptItem`s (their own index and overrides).
+        prompts: strings (indexed by position), `PromptItem`s (their own index and overrides), or
+            `ImageRequest`s from `image_requests` (then `negative_prompt` and `seed` are theirs).
         negative_prompt, seed: for every prompt whose item does not set its own.
         batch_size: images denoised and decoded together (and, with their negative prompts, encoded).
         chunk_size: prompts encoded together; None chooses (one batch when the models stay
             resident, growing chunks when staged).
+        init_image, strength, mask: image to image and inpainting for every prompt, as for `generate()`.
         settings: `height`, `width`, `steps`, `cfg`, `shift`, `slg`, `sampler_name`, `tile_size`
-            as for `generate()`; a prompt line's overrides win.
+            as for `generate()`; a prompt line's own settings win.
+
+    Raises:
+        ConfigurationError: any prompt line or setting that cannot run, before any model loads.
     """
-    items = [p if isinstance(p, PromptItem) else PromptItem(i, p) for i, p in enumerate(prompts)]
-    if not items:
-        raise ConfigurationError("`prompts` holds no prompt")
+    items = list(prompts)
+    requests = items if items and all(isinstance(p, ImageRequest) for p in items) else image_requests(
+        items, negative_prompt, seed=seed)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigurationError(f"`chunk_size` must be at least 1, got {chunk_size}")
+    image, mask_image = img2img.check_inputs(init_image, strength, mask)
+    if image is not None and strength is None:
+        strength = 0.6
     options = {}  # every distinct setting is checked before anything loads
-    for item in items:
-        key = settings_key(item)
-        if key not in options:
-            options[key] = item_options(pipe, item, settings, seed=seed, batch_size=batch_size)
+    for request in requests:
+        if settings_key(request) not in options:
+            options[settings_key(request)] = request_options(pipe, request, settings, batch_size=batch_size,
+                                                             strength=strength)
+    edit = None if image is None else run.Edit(image, mask_image, strength)
     stats = stats if stats is not None else StreamStats()
-    batches = _batches(items, options, batch_size)
-    bar = tqdm(total=len(items), desc="images", unit="image", disable=quiet)
-    with bar:
+    batches = run.batches(requests, lambda request: options[settings_key(request)], batch_size)
+    largest = max(options.values(), key=lambda o: o.height * o.width * o.batch_size)
+    with tqdm(total=len(requests), desc="images", unit="image", disable=quiet) as bar:
         while batches:
-            staged = pipe.plan(max(options.values(), key=lambda o: o.height * o.width * o.batch_size))
+            staged = not pipe.lifecycle.keeps_models(largest)
             size = chunk_size or _next_chunk_size(stats, staged, batch_size)
             chunk = [batches.pop(0)]
-            while batches and sum(len(b[0]) for b in chunk) + len(batches[0][0]) <= size:
+            while batches and sum(len(b.requests) for b in chunk) + len(batches[0].requests) <= size:
                 chunk.append(batches.pop(0))
             stats.chunks += 1
-            stats.chunk_sizes.append(sum(len(b[0]) for b in chunk))
-            for result in _chunk(pipe, chunk, negative_prompt, seed, staged, stats):
-                bar.update()
-                yield result
+            stats.chunk_sizes.append(sum(len(b.requests) for b in chunk))
+            work = run.Work(chunk, [[i] for i in range(len(chunk))], text_per_image=True, edit=edit)  # batch by batch
+            for rendered in run.render(pipe, work):
+                seconds = rendered.seconds / len(rendered.batch.requests)
+                stats.compute_seconds += rendered.seconds
+                for request, picture in zip(rendered.batch.requests, rendered.images):
+                    stats.images += 1
+                    bar.update()
+                    yield ImageResult(index=request.index, image=picture, prompt=request.prompt,
+                                      negative_prompt=request.negative_prompt, seed=request.seed,
+                                      settings=describe(rendered.batch.options), seconds=seconds)
+            stats.load_seconds += pipe.lifecycle.timings.load
+            stats.compute_seconds += pipe.lifecycle.timings.encode
 
 
-def item_options(pipe, item: PromptItem, settings: dict, *, seed: int, batch_size: int) -> GenerationOptions:
-    """The checked options of one item: `settings` (as for `generate()`) with the item's overrides."""
-    base = {"height": 1024, "width": 1024, "steps": None, "cfg": None, "shift": None, "slg": None,
-            "sampler_name": "euler", "tile_size": None, **settings}
-    chosen = {**base, **{k: v for k, v in item.overrides.items() if k in base}}
-    return pipe.options(seed=seed, num_images=1, batch_size=batch_size, sigmas=None, **chosen)
+def request_options(pipe, request: ImageRequest, settings: dict, *, batch_size: int,
+                    strength: float | None = None) -> GenerationOptions:
+    """The checked options of one request: `settings` (as for `generate()`) with its own settings."""
+    return pipe.options(**{**settings, **request.settings}, batch_size=batch_size, strength=strength)
 
 
 def describe(opts: GenerationOptions) -> dict:
     """The settings that make an image what it is, as JSON values (a manifest line's `settings`)."""
-    slg = None if opts.slg is None else {**dataclasses.asdict(opts.slg), "layers": list(opts.slg.layers)}
+    slg = None if opts.slg is None else {"scale": opts.slg.scale, "start": opts.slg.start, "end": opts.slg.end,
+                                         "layers": list(opts.slg.layers)}
     return {"height": opts.height, "width": opts.width, "steps": opts.steps, "cfg": opts.cfg, "shift": opts.shift,
             "sampler": opts.sampler, "slg": slg}
-
-
-def settings_key(item: PromptItem) -> tuple:
-    """What makes two items' settings the same (their overrides, less seed and negative prompt)."""
-    return tuple(sorted((k, v) for k, v in item.overrides.items() if k not in ("seed", "negative_prompt")))
 
 
 def _next_chunk_size(stats: StreamStats, staged: bool, batch_size: int) -> int:
@@ -154,57 +155,3 @@ def _next_chunk_size(stats: StreamStats, staged: bool, batch_size: int) -> int:
     per_image = stats.compute_seconds / stats.images
     wanted = math.ceil(per_load * (1 - LOAD_SHARE) / (LOAD_SHARE * per_image))
     return min(MAX_CHUNK, max(batch_size, batch_size * math.ceil(wanted / batch_size)))
-
-
-def _batches(items: list[PromptItem], options: dict, batch_size: int) -> list[tuple[list[PromptItem], GenerationOptions]]:
-    """Items grouped into batches by global index (index // batch_size), split where settings change."""
-    batches = []
-    for item in items:
-        opts = options[settings_key(item)]
-        last = batches[-1] if batches else None
-        if last and last[1] is opts and last[0][-1].index // batch_size == item.index // batch_size:
-            last[0].append(item)
-        else:
-            batches.append(([item], opts))
-    return batches
-
-
-def _chunk(pipe, chunk, negative_prompt, seed, staged, stats) -> Iterator[ImageResult]:
-    timings = {"load": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0}
-    conditioned = []
-    for members, opts in chunk:  # one text-encoder pass per batch: its prompts, then its negatives
-        negatives = [item.overrides.get("negative_prompt", negative_prompt) for item in members]
-        context, y = pipe._encode([item.prompt for item in members] + negatives, False, timings)
-        n = len(members)
-        conditioned.append((members, opts, negatives, Conditioning(context[:n], y[:n], context[n:], y[n:])))
-    if staged:
-        pipe.models.release("clip_l", "clip_g", "t5")
-    finished = []  # staged: every batch is denoised before the VAE loads
-    for members, opts, negatives, cond in conditioned:
-        seeds = [item.overrides.get("seed", seed + item.index) for item in members]
-        noise = initial_noise(seeds, 16, opts.height // 8, opts.width // 8)
-        before = timings["denoise"]
-        latents = pipe._denoise(cond, noise, opts, False, timings)
-        finished.append((members, opts, negatives, seeds, latents, timings["denoise"] - before))
-        if not staged:
-            yield from _decoded(pipe, finished.pop(), timings, stats)
-    if staged:
-        pipe.models.release("mmdit")
-        for batch in finished:
-            yield from _decoded(pipe, batch, timings, stats)
-        pipe.models.release("vae")
-    stats.load_seconds += timings["load"]
-    stats.compute_seconds += timings["encode"]
-
-
-def _decoded(pipe, batch, timings, stats) -> Iterator[ImageResult]:
-    members, opts, negatives, seeds, latents, denoise_seconds = batch
-    before = timings["decode"]
-    images = pipe._decode(latents, opts, False, timings)
-    seconds = (denoise_seconds + timings["decode"] - before) / len(members)
-    stats.compute_seconds += seconds * len(members)
-    settings = describe(opts)
-    for item, image, negative, image_seed in zip(members, images, negatives, seeds):
-        stats.images += 1
-        yield ImageResult(index=item.index, image=image, prompt=item.prompt, negative_prompt=negative,
-                          seed=image_seed, settings=settings, seconds=seconds)

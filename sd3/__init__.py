@@ -30,8 +30,10 @@ from sd3.lora import load_lora
 from sd3.mmdit import load_mmdit
 from sd3.sampling import (
     VARIANTS,
+    Conditioning,
     GenerationOptions,
     GenerationResult,
+    ImageRequest,
     ImageResult,
     ModelFiles,
     PromptItem,
@@ -40,14 +42,18 @@ from sd3.sampling import (
     StableDiffusion3,
     StreamStats,
     Variant,
+    image_requests,
 )
 from sd3.vae import load_vae
 
 __all__ = [
     "StableDiffusion3",
+    "Conditioning",
     "GenerationOptions",
     "GenerationResult",
     "ImageResult",
+    "ImageRequest",
+    "image_requests",
     "PromptItem",
     "StreamStats",
     "ModelFiles",

@@ -1,7 +1,7 @@
 """Reading `.safetensors` checkpoints: memory-mapped, lazily, and never by unpickling.
 
-A `TensorSource` is a read-only view of named tensors backed by an open safetensors file or by an
-in-memory dict. Loaders first ask it for shapes, to infer a model's configuration without reading
+A `TensorSource` (sd3/tensor_source.py) is a read-only view of named tensors backed by an open
+safetensors file, a GGUF file (sd3/quant/gguf_file.py) or an in-memory dict. Loaders first ask it for shapes, to infer a model's configuration without reading
 a single weight, then read the tensors one at a time in the target dtype:
 
 - in the file's own dtype, a tensor is a copy-on-write view of the memory-mapped file
@@ -35,7 +35,9 @@ from safetensors import SafetensorError, safe_open
 
 from sd3.errors import ModelLoadingError
 from sd3.quant.fp8 import fp8_layout
+from sd3.quant.gguf_file import open_gguf
 from sd3.quant.weights import FP8, QuantizedTensor
+from sd3.tensor_source import TensorSource
 
 # safetensors dtype names of the tensors this project converts.
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -43,84 +45,6 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
 _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 
 CheckpointLike = str | os.PathLike | Mapping[str, torch.Tensor]
-
-
-class TensorSource:
-    """Named tensors that can be listed and measured before any of them is read.
-
-    `keys()` are the names as the component sees them (prefix already stripped by `under`);
-    `shape(key)` costs nothing; `tensor(key)` reads one tensor from the file.
-    """
-
-    def __init__(
-        self,
-        names: dict[str, str],
-        shape: Callable[[str], tuple[int, ...]],
-        read: Callable[[str, torch.dtype | None], torch.Tensor],
-        description: str,
-        quantized: Callable[[str], QuantizedTensor | None] = lambda name: None,
-        quantized_bytes: Callable[[str], int | None] = lambda name: None,
-    ) -> None:
-        self._names = names  # visible name -> name in the underlying file or dict
-        self._shape = shape
-        self._read = read  # (name, wanted dtype or None) -> tensor, dequantised if stored quantised
-        self._quantized = quantized  # name -> the tensor as stored, if quantised (fp8, GGML blocks)
-        self._quantized_bytes = quantized_bytes  # name -> its size as stored, if quantised; reads nothing
-        self.description = description
-
-    def keys(self) -> list[str]:
-        return list(self._names)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._names
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self._shape(self._names[key])
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every visible key with its shape; reads no tensor data."""
-        return {key: self.shape(key) for key in self._names}
-
-    def quantized(self, key: str) -> QuantizedTensor | None:
-        """The tensor as the file stores it when that is a quantised format (fp8, GGUF blocks), else None."""
-        return self._quantized(self._names[key])
-
-    def stored_bytes(self, key: str, dtype: torch.dtype) -> int:
-        """What tensor `key` takes in memory once loaded in `dtype`: its stored size if quantised; reads nothing."""
-        quantized = self._quantized_bytes(self._names[key])
-        return quantized if quantized is not None else math.prod(self.shape(key)) * dtype.itemsize
-
-    def tensor(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """One tensor, converted to `dtype` if given (floating-point tensors only); quantised ones dequantised."""
-        try:
-            return self._read(self._names[key], dtype)
-        except SafetensorError as error:
-            raise ModelLoadingError(
-                f"could not read tensor '{key}' from {self.description}: {error}. The file may be "
-                "truncated or corrupt: delete it and download it again."
-            ) from error
-
-    def has_prefix(self, prefix: str) -> bool:
-        return any(key.startswith(prefix) for key in self._names)
-
-    def component(self, prefix: str) -> TensorSource:
-        """One component's view: the keys under `prefix` (all-in-one files), else every key (separate files)."""
-        return self.under(prefix) if self.has_prefix(prefix) else self
-
-    def under(self, prefix: str) -> TensorSource:
-        """The keys that start with `prefix`, with the prefix removed."""
-        names = {k[len(prefix) :]: v for k, v in self._names.items() if k.startswith(prefix)}
-        return TensorSource(names, self._shape, self._read, f"{self.description} under '{prefix}'", self._quantized, self._quantized_bytes)
-
-    def without(self, *keys: str) -> TensorSource:
-        """A view that does not show `keys` (tensors a loader deliberately ignores)."""
-        names = {k: v for k, v in self._names.items() if k not in keys}
-        return TensorSource(names, self._shape, self._read, self.description, self._quantized, self._quantized_bytes)
-
-    def renamed(self, aliases: Mapping[str, str]) -> TensorSource:
-        """A view in which each key `old` of `aliases` that is present is seen as `aliases[old]`."""
-        names = {aliases.get(k, k): v for k, v in self._names.items()}
-        return TensorSource(names, self._shape, self._read, self.description, self._quantized, self._quantized_bytes)
 
 
 def shape_lookup(shapes: Mapping[str, object], what: str, prefix: str) -> tuple[dict, Callable]:
@@ -171,8 +95,6 @@ def open_checkpoint(source: CheckpointLike) -> Iterator[TensorSource]:
             "because unpickling can run arbitrary code. Download the .safetensors release instead."
         )
     if path.suffix.lower() == ".gguf":
-        from sd3.quant.gguf_file import open_gguf
-
         with open_gguf(path) as source:
             yield source
         return
@@ -235,19 +157,6 @@ def _dict_source(tensors: Mapping[str, torch.Tensor]) -> TensorSource:
         read=lambda key, dtype: tensors[key] if dtype is None or not tensors[key].is_floating_point() else tensors[key].to(dtype),
         description="the given state dict",
     )
-
-
-def foreign_architecture(keys: list[str]) -> str | None:
-    """The architecture a file for another model (a checkpoint, a LoRA) was made for, read off its key names."""
-    signatures = {
-        "Flux": ("double_blocks", "single_blocks", "single_transformer_blocks"),
-        "Stable Diffusion 1.x/2.x or SDXL (a UNet)": ("down_blocks", "input_blocks", "mid_block", "middle_block",
-                                                      "unet."),
-    }
-    for architecture, marks in signatures.items():
-        if any(mark in key for key in keys for mark in marks):
-            return architecture
-    return None
 
 
 def sha256_file(path: Path) -> str:

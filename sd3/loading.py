@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sd3.checkpoint import TensorSource
+from sd3.tensor_source import TensorSource
 from sd3.errors import ModelLoadingError
 from sd3.quant import FP8, attach
 
@@ -38,7 +38,7 @@ def load_strict(
         source: the checkpoint view for this component (prefix already stripped).
         dtype: the compute dtype: tensors stored in 16 or 32 bits are converted to it, quantised
             ones stay as stored and dequantise to it; integer tensors keep their dtype.
-        device: where the weights go.
+        device: where the weights go; on the `meta` device nothing is read (the checked architecture).
         what: the component's name for error messages ("MMDiT", "CLIP-L", ...).
         to_checkpoint_name: maps a model parameter name to the checkpoint's name for it
             (the VAE's renaming map); identity when None.
@@ -77,6 +77,8 @@ def load_strict(
             + ". Check that the file is the right component and complete."
         )
 
+    if device.type == "meta":  # the architecture alone, checked against the file; no tensor is read
+        return model.eval()
     state, attached = {}, False
     for ckpt, name in model_name_of.items():
         stored = source.quantized(ckpt)

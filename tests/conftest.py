@@ -1,4 +1,4 @@
-"""Shared test settings: deterministic float32 on the CPU; micro-benchmarks timed only on request; the tiny SD3."""
+"""Shared test settings: a fixed seed, autograd on; micro-benchmarks timed only on request; the tiny SD3."""
 
 import pytest
 import torch
@@ -16,9 +16,9 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def _deterministic():
+    """The global seed fixed per test. Autograd stays on, as a user has it: a library path that
+    forgot `no_grad` then shows (tests/sampling/test_stages.py)."""
     torch.manual_seed(0)
-    with torch.no_grad():
-        yield
 
 
 @pytest.fixture(scope="session")

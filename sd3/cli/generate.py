@@ -27,10 +27,11 @@ from sd3.checkpoint import open_checkpoint
 from sd3.cli import many_images
 from sd3.errors import ConfigurationError, DeviceError, SD3Error
 from sd3.jobs.distributed import Rank
-from sd3.jobs.images import check_image_path, save_image
+from sd3.jobs.images import check_image_path, image_parameters, save_image
 from sd3.lora import load_lora
 from sd3.sampling import img2img
 from sd3.sampling import FILE_NAMES, REFERENCES, SAMPLERS, VARIANTS, GenerationOptions, Reference, StableDiffusion3
+from sd3.sampling.stream import describe
 
 AUTO_BATCH_CAP = 8
 
@@ -216,23 +217,19 @@ def one_call(args, sd3, reference, options, settings, latents, edit) -> None:
     image, mask = edit
     result = sd3.generate(args.prompt, args.uncond_prompt, sampler_name=args.sampler, latents=latents,
                           quiet=args.quiet, init_image=image, strength=args.strength, mask=mask, **settings)
-    editing = {}
+    recorded = {**describe(result.options), "which": args.which,
+                "reference": reference.name, "loras": many_images.lora_records(sd3.loras)}
     if image is not None:
-        editing = dict(init_image=Path(args.init_image).name, strength=0.6 if args.strength is None else args.strength,
-                       mask=Path(args.mask).name if args.mask else None)
+        recorded.update(init_image=Path(args.init_image).name, mask=Path(args.mask).name if args.mask else None,
+                        strength=0.6 if args.strength is None else args.strength)
     if args.save_latents:
         from safetensors.torch import save_file
 
         save_file({"latents": result.latents.contiguous()}, args.save_latents)
     out = Path(args.final_image)
-    for k, (image, image_seed, prompt) in enumerate(zip(result.images, result.seeds, result.prompts)):
+    for k, (picture, request) in enumerate(zip(result.images, result.requests)):
         path = out if len(result.images) == 1 else out.with_name(f"{out.stem}-{k}{out.suffix}")
-        save_image(image, path, dict(
-            prompt=prompt, negative_prompt=args.uncond_prompt, steps=result.steps, sampler=args.sampler,
-            cfg_scale=options.cfg, seed=image_seed, width=args.width, height=args.height, which=args.which,
-            time_shift=options.shift, reference=reference.name, use_slg=args.use_slg, **editing,
-            **({"loras": many_images.lora_records(sd3.loras)} if sd3.loras else {}),
-        ))
+        save_image(picture, path, image_parameters(request, recorded))
     total_steps = result.steps * -(-len(result.images) // settings["batch_size"])
     seconds = result.timings["denoise"]
     if not args.quiet:

@@ -17,22 +17,13 @@ from sd3.jobs.images import check_image_path, image_parameters, save_image
 from sd3.jobs.manifest import check_output_dir
 from sd3.jobs.prompts import read_prompt_file
 from sd3.jobs.run import Job
-from sd3.sampling import VARIANTS, GenerationOptions, PromptItem, StreamStats
+from sd3.sampling import VARIANTS, GenerationOptions, ImageRequest, StreamStats, image_requests
 
 
-def items(args) -> list[PromptItem]:
-    """The prompts, each repeated `--num-images` times: image j of line i has index i·N + j, and
-    seed `--seed` + index, or the line's own seed + j."""
-    lines = read_prompt_file(args.prompts_file) if args.prompts_file else [PromptItem(0, args.prompt)]
-    n = args.num_images
-    out = []
-    for line in lines:
-        for j in range(n):
-            overrides = dict(line.overrides)
-            if "seed" in overrides:
-                overrides["seed"] += j
-            out.append(PromptItem(line.index * n + j, line.prompt, overrides))
-    return out
+def requests(args, seed: int) -> list[ImageRequest]:
+    """The images the prompt lines ask for, `--num-images` each (sampling/requests.py: the seed rule)."""
+    lines = read_prompt_file(args.prompts_file) if args.prompts_file else [args.prompt]
+    return image_requests(lines, args.uncond_prompt, seed=seed, num_images=args.num_images)
 
 
 def lora_records(loras) -> list[dict]:
@@ -40,18 +31,18 @@ def lora_records(loras) -> list[dict]:
     return [{"file": entry[0].path.name, "sha256": entry[0].sha256, "scale": entry[1]} for entry in loras]
 
 
-def prepare(args, reference, options: GenerationOptions, settings: dict, loras=()) -> Job | list[PromptItem]:
+def prepare(args, reference, options: GenerationOptions, settings: dict, loras=()) -> Job | list[ImageRequest]:
     """Check the prompt list, every line's settings and the output path; no model is touched."""
     if args.latents or args.save_latents:
         raise ConfigurationError("--latents and --save-latents work with one --prompt, not with --prompts-file or --output-dir")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ConfigurationError(f"`chunk_size` must be at least 1, got {args.chunk_size}")
-    prompts = items(args)
+    prompts = requests(args, settings["seed"])
     variant = VARIANTS[args.which]
-    for item in prompts:  # each line's overrides, checked as the run will use them
-        line = {k: v for k, v in item.overrides.items() if k not in ("seed", "negative_prompt")}
-        if line:
-            GenerationOptions.resolve(variant, reference, sampler=args.sampler, sigmas=None, **{**settings, **line})
+    for request in prompts:  # each line's own settings, checked as the run will use them
+        if request.settings:
+            GenerationOptions.resolve(variant, reference, sampler=args.sampler, sigmas=None,
+                                      **{**settings, **request.settings})
     if args.output_dir is None:
         check_image_path(Path(args.final_image))
         return prompts
@@ -59,8 +50,7 @@ def prepare(args, reference, options: GenerationOptions, settings: dict, loras=(
     recorded = {"which": args.which, "dtype": args.dtype or "default", "reference": reference.name,
                 "t5_length": None if args.no_t5 else reference.t5_length, "loras": lora_records(loras)}
     return Job(Path(args.output_dir), prompts, settings=recorded, generation=_generation(args, settings),
-               negative_prompt=args.uncond_prompt, seed=settings["seed"], batch_size=settings["batch_size"],
-               chunk_size=args.chunk_size, overwrite=args.overwrite)
+               batch_size=settings["batch_size"], chunk_size=args.chunk_size, overwrite=args.overwrite)
 
 
 def _generation(args, settings: dict) -> dict:
@@ -80,8 +70,7 @@ def run(args, pipe, job, settings: dict, rank) -> None:
         return
     out, stats = Path(args.final_image), StreamStats()
     prompts = job
-    stream = pipe.generate_many(prompts, negative_prompt=args.uncond_prompt, seed=settings["seed"],
-                                batch_size=settings["batch_size"], chunk_size=args.chunk_size, stats=stats,
+    stream = pipe.generate_many(prompts, batch_size=settings["batch_size"], chunk_size=args.chunk_size, stats=stats,
                                 quiet=args.quiet, **_generation(args, settings))
     for result in stream:
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}-{result.index}{out.suffix}")

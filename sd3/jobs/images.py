@@ -34,11 +34,12 @@ def check_image_path(path: Path) -> None:
 
 
 def a1111_text(parameters: dict) -> str:
+    """The AUTOMATIC1111 `parameters` text of an image: A1111's own words for our setting names."""
     text = (
         f"{parameters['prompt']}\nNegative prompt: {parameters['negative_prompt']}\n"
-        f"Steps: {parameters['steps']}, Sampler: {parameters['sampler']}, CFG scale: {parameters['cfg_scale']}, "
+        f"Steps: {parameters['steps']}, Sampler: {parameters['sampler']}, CFG scale: {parameters['cfg']}, "
         f"Seed: {parameters['seed']}, Size: {parameters['width']}x{parameters['height']}, "
-        f"Model: {parameters['which']}, Shift: {parameters['time_shift']}, Reference: {parameters['reference']}"
+        f"Model: {parameters['which']}, Shift: {parameters['shift']}, Reference: {parameters['reference']}"
     )
     if "strength" in parameters:  # image to image, in A1111's own words
         text += f", Denoising strength: {parameters['strength']}, Init image: {parameters['init_image']}"
@@ -50,17 +51,13 @@ def a1111_text(parameters: dict) -> str:
     return text
 
 
-def image_parameters(result, settings: dict) -> dict:
-    """What an image file records, from a streamed `ImageResult` and its run's `settings` (the
-    image's own, plus `which`, `reference` and `loras`)."""
-    parameters = dict(prompt=result.prompt, negative_prompt=result.negative_prompt, steps=settings["steps"],
-                      sampler=settings["sampler"], cfg_scale=settings["cfg"], seed=result.seed,
-                      width=settings["width"], height=settings["height"], which=settings.get("which"),
-                      time_shift=settings["shift"], reference=settings.get("reference"),
-                      use_slg=settings["slg"] is not None)
-    if settings.get("loras"):
-        parameters["loras"] = settings["loras"]
-    return parameters
+def image_parameters(request, settings: dict) -> dict:
+    """What an image file records: its request's prompt, negative prompt and seed (an `ImageRequest`
+    or `ImageResult`), and `settings`: the image's own (`sd3.sampling.stream.describe`'s names: height,
+    width, steps, cfg, shift, sampler, slg, the names the manifest uses) with the run's (`which`,
+    `reference`, `loras`; `strength`, `init_image`, `mask` for image to image)."""
+    return {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
+            **{k: v for k, v in settings.items() if k != "loras" or v}}
 
 
 def save_image(image: Image.Image, path: Path, parameters: dict) -> str:

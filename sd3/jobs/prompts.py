@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from sd3.errors import ConfigurationError
-from sd3.sampling.stream import PromptItem
+from sd3.sampling.requests import PromptItem
 
 # JSONL keys a line may set, with their types; everything else on a line is an error.
 OVERRIDES = {"negative_prompt": str, "seed": int, "height": int, "width": int, "steps": int, "cfg": float,

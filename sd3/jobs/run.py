@@ -1,6 +1,6 @@
 """One process's share of a generation job: skip what is finished, stream the rest, save as it comes.
 
-    job = Job(folder, items, settings=..., batch_size=1)
+    job = Job(folder, image_requests(lines, seed=0), settings=..., generation=..., batch_size=1)
     job.run(pipe)              # writes 00000.png ... and manifest.jsonl, resumable
 
 Images are named by their global index (`00007.png`) and written atomically; after each one is on
@@ -20,7 +20,8 @@ from sd3.errors import ConfigurationError
 from sd3.jobs.distributed import Rank
 from sd3.jobs.images import image_parameters, save_image
 from sd3.jobs.manifest import ManifestWriter, check_output_dir, merge, read_records, verified
-from sd3.sampling.stream import PromptItem, StreamStats, describe, item_options, settings_key
+from sd3.sampling.requests import ImageRequest, settings_key
+from sd3.sampling.stream import StreamStats, describe, request_options
 
 COMPARED = ("prompt", "negative_prompt", "seed", "settings")  # what must match for a record to count as done
 
@@ -36,9 +37,10 @@ class JobSummary:
 
 @dataclass
 class Job:
-    """A prompt list rendered into `folder` (one image per item, named by index).
+    """Image requests rendered into `folder` (one image per request, named by its index).
 
     Args:
+        requests: from `sd3.sampling.image_requests` (prompt, negative prompt, seed, own settings).
         settings: what every manifest line records besides the image's own (variant, dtype,
             reference, ...); the image's height, width, steps, cfg, shift, sampler and SLG come
             from the stream.
@@ -46,58 +48,55 @@ class Job:
     """
 
     folder: Path
-    items: list[PromptItem]
+    requests: list[ImageRequest]
     settings: dict
     generation: dict
-    negative_prompt: str = ""
-    seed: int = 0
     batch_size: int = 1
     chunk_size: int | None = None
     overwrite: bool = False
     rank: Rank = field(default_factory=Rank)
     extension: str = ".png"
 
-    def expected(self, pipe, item: PromptItem, described: dict) -> dict:
-        """The record fields this run would write for `item` (compared against an earlier run's).
+    def expected(self, pipe, request: ImageRequest, described: dict) -> dict:
+        """The record fields this run would write for `request` (compared against an earlier run's).
 
         `described` caches the settings per distinct line override, so a resume resolves each once."""
-        key = settings_key(item)
+        key = settings_key(request)
         if key not in described:
-            opts = item_options(pipe, item, self.generation, seed=self.seed, batch_size=self.batch_size)
+            opts = request_options(pipe, request, self.generation, batch_size=self.batch_size)
             described[key] = {**self.settings, **describe(opts)}
-        return {"prompt": item.prompt, "negative_prompt": item.overrides.get("negative_prompt", self.negative_prompt),
-                "seed": item.overrides.get("seed", self.seed + item.index), "settings": described[key]}
+        return {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
+                "settings": described[key]}
 
     def run(self, pipe, *, quiet: bool = False) -> JobSummary:
         """Make this rank's unfinished images; rank 0 merges the manifests once every rank is done."""
         check_output_dir(self.folder)
         started, summary = time.perf_counter(), JobSummary()
-        mine = [item for item in self.items if self.rank.owns(item.index, self.batch_size)]
+        mine = [request for request in self.requests if self.rank.owns(request.index, self.batch_size)]
         records = read_records(self.folder)
         done, described = set(), {}
-        for item in mine:
-            record = records.get(item.index)
+        for request in mine:
+            record = records.get(request.index)
             if record is None or not verified(self.folder, record):
                 continue
-            want = self.expected(pipe, item, described)
+            want = self.expected(pipe, request, described)
             changed = [k for k in COMPARED if record.get(k) != want[k]]
             if changed and not self.overwrite:
                 raise ConfigurationError(
-                    f"`output_dir` {self.folder} holds image {item.index} made with a different {changed[0]} "
+                    f"`output_dir` {self.folder} holds image {request.index} made with a different {changed[0]} "
                     f"({record.get(changed[0])!r}, now {want[changed[0]]!r}); use another folder, or "
                     "`overwrite=True` to make such images again"
                 )
             if not changed:
-                done.add(item.index)
+                done.add(request.index)
         # A batch with any image left is computed whole, so that its images match an uninterrupted run.
-        open_batches = {item.index // self.batch_size for item in mine if item.index not in done}
-        remaining = [item for item in mine if item.index // self.batch_size in open_batches]
+        open_batches = {request.index // self.batch_size for request in mine if request.index not in done}
+        remaining = [request for request in mine if request.index // self.batch_size in open_batches]
         summary.skipped = len(done)
         writer = ManifestWriter(self.folder, self.rank.rank, self.rank.world)
         if remaining:
-            stream = pipe.generate_many(remaining, negative_prompt=self.negative_prompt, seed=self.seed,
-                                        batch_size=self.batch_size, chunk_size=self.chunk_size, stats=summary.stats,
-                                        quiet=quiet, **self.generation)
+            stream = pipe.generate_many(remaining, batch_size=self.batch_size, chunk_size=self.chunk_size,
+                                        stats=summary.stats, quiet=quiet, **self.generation)
             for result in stream:
                 if result.index in done:
                     continue

@@ -28,7 +28,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sd3.errors import ModelLoadingError
-from sd3.checkpoint import foreign_architecture, sha256_file
+from sd3.checkpoint import sha256_file
+from sd3.tensor_source import foreign_architecture
 from sd3.lora.formats import LoRAFile, LoRAModule, read_lora
 from sd3.lora.mapping import Target, diffusers_target, kohya_lookup, kohya_target
 from sd3.quant import is_quantized
@@ -102,7 +103,7 @@ class LoRA:
 
         `only`: adapt that component alone and pass over modules aimed at the others (a pipeline
         applies a LoRA to each model as it loads); a module aimed at nothing is still an error."""
-        planned = self._plan(models, strict, only)
+        planned = self._plan(models, strict, None if only is None else (only,))
         handle = LoRAHandle(self, scale, merge, [])
         with torch.no_grad():
             for module, target, linear in planned:
@@ -121,14 +122,19 @@ class LoRA:
                 handle.changes.append(change)
         return handle
 
-    def _plan(self, models: dict[str, nn.Module], strict: bool, only: str | None = None):
+    def check(self, models: dict[str, nn.Module], strict: bool = True) -> None:
+        """Raise now what `apply` would raise on `models` (built on the `meta` device, say), changing
+        nothing: modules aimed at a component not in `models` are passed over."""
+        self._plan(models, strict, tuple(models))
+
+    def _plan(self, models: dict[str, nn.Module], strict: bool, only: tuple[str, ...] | None = None):
         linears = {c: {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)} for c, model in models.items()}
         depth = len(models["mmdit"].joint_blocks) if "mmdit" in models else 0
         lookup = kohya_lookup({c: list(names) for c, names in linears.items()})
         planned, unmapped, mismatched = [], [], []
         for module in self.file.modules:
             target = self._target(module.name, depth, lookup)
-            if only is not None and target is not None and target.component != only:
+            if only is not None and target is not None and target.component not in only:
                 continue
             linear = linears.get(target.component, {}).get(target.module) if target else None
             if linear is None:

@@ -25,6 +25,7 @@ import torch
 from sd3.errors import ModelLoadingError
 from sd3.quant.ggml import BLOCK_TYPES, byte_shape
 from sd3.quant.weights import QuantizedTensor
+from sd3.tensor_source import TensorSource, foreign_architecture
 
 FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 MMDIT_ARCHITECTURES = {"sd3"}
@@ -88,8 +89,6 @@ def open_gguf(path: Path) -> Iterator:
         ModelLoadingError: no `gguf` package; an unreadable or truncated file; a file of another
             architecture (Flux, SDXL, an LLM); a tensor type this project does not dequantise.
     """
-    from sd3.checkpoint import TensorSource, foreign_architecture
-
     gguf = require_gguf()
     try:
         reader = gguf.GGUFReader(path)

@@ -88,7 +88,7 @@ def test_auto_batch_size_follows_the_memory_check(files, monkeypatch):
                            slg=None, sampler_name="euler", sigmas=None, tile_size=None)
     monkeypatch.setattr(memory, "available_bytes", lambda device: 2**40)
     assert pipe.auto_batch_size(options, cap=8) == 8
-    one = pipe.memory.activations(options, pipe._context_tokens())
+    one = pipe.memory.activations(options, pipe.lifecycle.context_tokens)
     room = max(pipe.memory.weights["mmdit"] + one["mmdit"], pipe.memory.weights["vae"] + one["vae"])
     monkeypatch.setattr(memory, "available_bytes", lambda device: room)  # exactly one image's worth
     assert pipe.auto_batch_size(options, cap=8) == 1

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from sd3.errors import SamplingError
+from sd3.errors import ConfigurationError
 from sd3.sampling import dpmpp_2m, euler
 from sd3.sampling.samplers import sampler
 
@@ -65,5 +65,5 @@ def test_step_callback_counts_steps():
 
 
 def test_unknown_sampler():
-    with pytest.raises(SamplingError, match="euler, dpmpp_2m"):
+    with pytest.raises(ConfigurationError, match="euler, dpmpp_2m"):
         sampler("ddim")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sd3.errors import SamplingError
+from sd3.errors import ConfigurationError
 from sd3.sampling import explicit_sigmas, sigmas, time_snr_shift
 
 
@@ -48,7 +48,7 @@ def test_time_snr_shift_is_identity_at_shift_one():
 def test_explicit_sigmas():
     assert explicit_sigmas([1.0, 0.5]).tolist() == [1.0, 0.5, 0.0]
     assert explicit_sigmas([0.8, 0.3, 0.0]).tolist() == pytest.approx([0.8, 0.3, 0.0])
-    with pytest.raises(SamplingError, match="decrease strictly"):
+    with pytest.raises(ConfigurationError, match="decrease strictly"):
         explicit_sigmas([0.5, 0.7])
 
 
@@ -56,5 +56,5 @@ def test_explicit_sigmas():
     "args, message", [(("candle", 0), "at least 1"), (("euler", 4), "unknown schedule"), (("candle", 4, -1.0), "positive")]
 )
 def test_schedule_errors(args, message):
-    with pytest.raises(SamplingError, match=message):
+    with pytest.raises(ConfigurationError, match=message):
         sigmas(*args)

@@ -1,0 +1,56 @@
+"""Every user value is checked once, before any model loads, and one condition raises one exception type."""
+
+import pytest
+import torch
+
+from sd3 import ConfigurationError, ModelLoadingError, SkipLayerGuidanceConfig, StableDiffusion3
+from sd3.sampling import sigmas
+from tests.lora.test_lora import kohya_lora
+
+ARGS = dict(height=32, width=48, steps=2, cfg=4.0, quiet=True)
+
+
+@pytest.fixture
+def watched(files):
+    loaded = []
+    return StableDiffusion3(files, keep="all", on_load=lambda name, module: loaded.append(name)), loaded
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(slg=SkipLayerGuidanceConfig(layers=(1, 2))), r"SLG layers \[1, 2\] do not exist: this MMDiT has blocks 0..1"),
+        (dict(height=256), "`height` 256 exceeds this checkpoint's limit of 128 pixels"),
+        (dict(tile_size=8), "`tile_size` must exceed the 16 latent pixels"),
+        (dict(steps=0), "`steps` must be at least 1"),
+        (dict(shift=0.0), "`shift` must be positive"),
+        (dict(sampler_name="heun"), "unknown `sampler_name` 'heun'"),
+        (dict(sigmas=[0.5, 0.7]), "`sigmas` must decrease strictly"),
+        (dict(init_image=torch.rand(1, 3, 32, 48), strength=0.0), r"`strength` must be in \(0, 1\]"),
+        (dict(strength=0.5), "`strength` needs an `init_image`"),
+        (dict(latents=torch.zeros(2, 16, 4, 6)), r"initial `latents` must be \(1 or 1, 16, 4, 6\)"),
+    ],
+)
+def test_a_bad_request_is_refused_before_anything_loads(watched, settings, message):
+    pipe, loaded = watched
+    with pytest.raises(ConfigurationError, match=message):
+        pipe.generate("a cat", **{**ARGS, **settings})
+    if "latents" not in settings:  # generate_many draws every start from the seeds
+        with pytest.raises(ConfigurationError, match=message):
+            next(pipe.generate_many(["a cat"], **{**ARGS, **settings}))
+    assert loaded == []
+
+
+def test_a_lora_that_does_not_fit_is_refused_when_added(watched, tiny, tmp_path):
+    pipe, loaded = watched
+    kohya_lora(tiny, tmp_path / "typo.safetensors", misspell="lora_unet_joint_blocks_0_context_block_mlp_fc_1")
+    with pytest.raises(ModelLoadingError, match="lora_unet_joint_blocks_0_context_block_mlp_fc_1"):
+        pipe.add_lora(tmp_path / "typo.safetensors")
+    assert loaded == [] and pipe.loras == []
+
+
+def test_one_condition_one_exception_type(files):
+    pipe = StableDiffusion3(files)
+    for check in (lambda: sigmas("candle", 0), lambda: pipe.options(steps=0, cfg=4.0)):
+        with pytest.raises(ConfigurationError, match="`steps` must be at least 1"):
+            check()
