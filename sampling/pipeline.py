@@ -33,7 +33,7 @@ from sd3.checkpoint import open_checkpoint
 from sd3.devices import default_dtype, describe, resolve_device, resolve_dtype
 from sd3.errors import ConfigurationError, SamplingError
 from sd3.lora import LoRA, load_lora
-from sd3.sampling import img2img, memory, run, stream
+from sd3.sampling import checks, img2img, memory, run, stream
 from sd3.sampling.conditioning import Conditioning
 from sd3.sampling.guidance import GuidedVelocity, SkipLayerGuidanceConfig
 from sd3.sampling.hub import ModelFiles, model_files
@@ -41,8 +41,7 @@ from sd3.sampling.img2img import ImageLike
 from sd3.sampling.lifecycle import ModelLifecycle
 from sd3.sampling.options import GenerationOptions
 from sd3.sampling.reference import Reference
-from sd3.sampling.noise import check_latents
-from sd3.sampling.requests import ImageRequest, image_requests, prompt_lists
+from sd3.sampling.requests import ImageRequest, prompt_lists
 from sd3.sampling.residency import ResidentModels, check_keep
 from sd3.sampling.samplers import StepCallback, sampler
 from sd3.sampling.variants import Variant, variant as variant_named
@@ -201,58 +200,10 @@ class StableDiffusion3:
         self.unload()
 
     # -- checking (nothing loads) ----------------------------------------------------------------
-    def options(
-        self,
-        *,
-        height: int = 1024,
-        width: int = 1024,
-        steps: int | None = None,
-        cfg: float | None = None,
-        shift: float | None = None,
-        seed: int = 0,
-        num_images: int = 1,
-        batch_size: int = 1,
-        slg: SkipLayerGuidanceConfig | bool | None = None,
-        sampler_name: str = "euler",
-        sigmas: Sequence[float] | None = None,
-        tile_size: int | None = None,
-        strength: float | None = None,
-    ) -> GenerationOptions:
-        """`generate()`'s settings, filled from the variant and checked against this checkpoint.
-
-        `strength` (image to image) keeps the last part of the schedule (sampling/img2img.py).
-
-        Raises:
-            ConfigurationError: any value out of range; a size beyond the checkpoint's position
-                table; SLG layers the MMDiT does not have.
-        """
-        options = GenerationOptions.resolve(
-            self.variant, self.reference, height=height, width=width, steps=steps, cfg=cfg, shift=shift, seed=seed,
-            num_images=num_images, batch_size=batch_size, slg=slg, sampler=sampler_name,
-            sigmas=list(sigmas) if sigmas is not None else None, tile_size=tile_size,
-        )
-        limit = self.mmdit_config.max_image_size  # the checkpoint's position table
-        for name, side in (("height", options.height), ("width", options.width)):
-            if side > limit:
-                raise ConfigurationError(f"`{name}` {side} exceeds this checkpoint's limit of {limit} pixels (its position table)")
-        depth = self.mmdit_config.depth
-        if options.slg is not None and any(not 0 <= i < depth for i in options.slg.layers):
-            raise ConfigurationError(f"SLG layers {list(options.slg.layers)} do not exist: this MMDiT has blocks "
-                                     f"0..{depth - 1}, so `slg` cannot skip them")
-        if strength is not None:
-            skip = img2img.start_index(options.steps, strength, self.reference.img2img_start)  # < steps for strength > 0
-            options = replace(options, schedule=options.schedule[skip:])
-        return options
-
-    def check_conditioning(self, conditioning: Conditioning) -> Conditioning:
-        """Refuse a `conditioning` whose widths are not this MMDiT's (context (n, l, d), y (n, p))."""
-        cfg = self.mmdit_config
-        if conditioning.context.shape[-1] != cfg.context_dim or conditioning.y.shape[-1] != cfg.adm_in_channels:
-            raise ConfigurationError(
-                f"the `conditioning` has context width {conditioning.context.shape[-1]} and pooled width "
-                f"{conditioning.y.shape[-1]}; this MMDiT takes {cfg.context_dim} and {cfg.adm_in_channels}"
-            )
-        return conditioning
+    # The check layer (sampling/checks.py), as methods: `pipe.options(...)`, `pipe.check(...)`.
+    options = checks.options
+    check = checks.check
+    check_conditioning = checks.check_conditioning
 
     def auto_batch_size(self, options: GenerationOptions, cap: int = 8) -> int:
         """The largest batch, at most `cap`, whose denoising and decoding the memory check admits (1 if unknown)."""
@@ -443,36 +394,6 @@ class StableDiffusion3:
             negative_prompts=[r.negative_prompt for r in requests], steps=work.largest.steps,
             timings=self.lifecycle.timings.as_dict(), requests=requests, options=work.largest,
         )
-
-    def check(self, prompts, negative_prompts=None, *, latents=None, init_image=None, strength=None, mask=None,
-              conditioning: Conditioning | None = None, **settings) -> run.Work:
-        """A `generate()` request checked whole, against this checkpoint, before any model loads: the
-        `Work` that sampling/run.py runs (`settings` as for `options()`).
-
-        Raises:
-            ConfigurationError: as `generate()` says."""
-        image, mask_image = img2img.check_inputs(init_image, strength, mask)
-        if image is not None and latents is not None:
-            raise ConfigurationError("`latents` and `init_image` do not go together: the image sets the start")
-        if image is not None and strength is None:
-            strength = 0.6
-        options = self.options(**settings, strength=strength)
-        if conditioning is not None:
-            self.check_conditioning(conditioning)
-            if negative_prompts is not None:
-                raise ConfigurationError("`negative_prompts` are inside the `conditioning`: give one or the other")
-            prompts = [""] * len(conditioning) if prompts is None else prompts
-        elif prompts is None:
-            raise ConfigurationError("give `prompts`, or a `conditioning` from `encode()`")
-        requests = image_requests(prompts, negative_prompts, seed=options.seed, num_images=options.num_images)
-        if conditioning is not None and len(conditioning) != requests[-1].prompt_index + 1:
-            raise ConfigurationError(f"the `conditioning` has {len(conditioning)} rows for "
-                                     f"{requests[-1].prompt_index + 1} `prompts`: one row per prompt")
-        if latents is not None:
-            check_latents(latents, len(requests), options.height, options.width)
-        batches = run.batches(requests, lambda request: options, options.batch_size)
-        edit = None if image is None else run.Edit(image, mask_image, strength)
-        return run.Work(batches, [list(range(len(batches)))], conditioning=conditioning, latents=latents, edit=edit)
 
     def generate_many(self, prompts, **settings):
         """Stream images for many prompts, each handed back as soon as it is decoded: see

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sd3.errors import ConfigurationError
-from sd3.sampling import img2img, run
+from sd3.sampling import checks, img2img, run
 from sd3.sampling.options import GenerationOptions
 from sd3.sampling.requests import ImageRequest, PromptItem, image_requests, settings_key
 
@@ -96,15 +96,12 @@ def generate_many(
         items, negative_prompt, seed=seed)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigurationError(f"`chunk_size` must be at least 1, got {chunk_size}")
-    image, mask_image = img2img.check_inputs(init_image, strength, mask)
-    if image is not None and strength is None:
-        strength = 0.6
+    edit = checks.edit(init_image, strength, mask)
     options = {}  # every distinct setting is checked before anything loads
     for request in requests:
         if settings_key(request) not in options:
             options[settings_key(request)] = request_options(pipe, request, settings, batch_size=batch_size,
-                                                             strength=strength)
-    edit = None if image is None else run.Edit(image, mask_image, strength)
+                                                             strength=edit and edit.strength)
     stats = stats if stats is not None else StreamStats()
     batches = run.batches(requests, lambda request: options[settings_key(request)], batch_size)
     largest = max(options.values(), key=lambda o: o.height * o.width * o.batch_size)

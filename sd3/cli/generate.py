@@ -40,7 +40,7 @@ FLAGS = {
     "height": "--height", "width": "--width", "steps": "--num-inference-steps", "cfg": "--cfg-scale",
     "shift": "--time-shift", "num_images": "--num-images", "batch_size": "--batch-size",
     "batch_size=1": "--batch-size 1", "sampler_name": "--sampler", "latents": "--latents",
-    "reference": "--reference", "which": "--which", "slg=True": "--use-slg", "prompts": "--prompt",
+    "reference": "--reference", "which": "--which", "slg=True": "--use-slg", "slg": "--use-slg", "prompts": "--prompt",
     "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size",
     "prompts_file": "--prompts-file", "chunk_size": "--chunk-size", "output_dir": "--output-dir",
     "final_image": "--final-image", "overwrite=True": "--overwrite", "init_image": "--init-image",

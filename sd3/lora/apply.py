@@ -140,7 +140,7 @@ class LoRA:
             if linear is None:
                 unmapped.append(module.name)
                 continue
-            rows = linear.out_features // 3 if target.block is not None else linear.out_features
+            rows = linear.out_features // 3 if target.qkv_part is not None else linear.out_features
             if module.up.shape[0] != rows or module.down.shape[1] != linear.in_features:
                 mismatched.append(f"{module.name} ({module.up.shape[0]}x{module.down.shape[1]} against "
                                   f"{target.module}'s {rows}x{linear.in_features})")
@@ -173,7 +173,7 @@ class LoRA:
 
 def _change(module: LoRAModule, target: Target, linear: nn.Linear) -> _Change:
     n = linear.out_features // 3
-    rows = slice(target.block * n, (target.block + 1) * n) if target.block is not None else slice(None)
+    rows = slice(target.qkv_part * n, (target.qkv_part + 1) * n) if target.qkv_part is not None else slice(None)
     up = module.up
     if target.swap_halves:  # diffusers' (scale, shift) onto the checkpoint's (shift, scale)
         up = torch.cat(up.chunk(2)[::-1])

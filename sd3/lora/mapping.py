@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# diffusers' SD3 module (after `transformer_blocks.N.`) -> (our module after `joint_blocks.N.`, row block of 3)
-_BLOCK = {
+# diffusers' SD3 module (after `transformer_blocks.N.`) -> (our module after `joint_blocks.N.`, its qkv part)
+_MODULES = {
     "attn.to_q": ("x_block.attn.qkv", 0), "attn.to_k": ("x_block.attn.qkv", 1), "attn.to_v": ("x_block.attn.qkv", 2),
     "attn.add_q_proj": ("context_block.attn.qkv", 0), "attn.add_k_proj": ("context_block.attn.qkv", 1),
     "attn.add_v_proj": ("context_block.attn.qkv", 2),
@@ -52,7 +52,7 @@ class Target:
 
     component: str  # "mmdit", "clip_l", "clip_g", "t5"
     module: str  # our module name, e.g. "joint_blocks.3.x_block.attn.qkv"
-    block: int | None = None  # which third of the output rows (q, k, v), or None for all of them
+    qkv_part: int | None = None  # which third of a fused qkv's output rows: 0 q, 1 k, 2 v; None: every row
     swap_halves: bool = False  # diffusers' (scale, shift) against the checkpoint's (shift, scale)
 
 
@@ -66,11 +66,11 @@ def diffusers_target(name: str, depth: int) -> Target | None:
     if rest in _TOP:
         return Target("mmdit", _TOP[rest], swap_halves=rest == "norm_out.linear")
     found = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", rest)
-    if not found or found.group(2) not in _BLOCK:
+    if not found or found.group(2) not in _MODULES:
         return None
-    index, (ours, block) = int(found.group(1)), _BLOCK[found.group(2)]
+    index, (ours, qkv_part) = int(found.group(1)), _MODULES[found.group(2)]
     last_context = found.group(2) == "norm1_context.linear" and index == depth - 1
-    return Target("mmdit", f"joint_blocks.{index}.{ours}", block, swap_halves=last_context)
+    return Target("mmdit", f"joint_blocks.{index}.{ours}", qkv_part, swap_halves=last_context)
 
 
 def kohya_lookup(modules: dict[str, list[str]]) -> dict[str, dict[str, str]]:

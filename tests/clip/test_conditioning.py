@@ -43,10 +43,11 @@ def _close(got, want):
 @pytest.mark.parametrize("with_t5", [True, False])
 def test_encode_matches_diffusers_encode_prompt(tiny, with_t5):
     pipe = diffusers_pipeline(tiny, with_t5=with_t5)
-    embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
-        prompt=PROMPTS, prompt_2=None, prompt_3=None, negative_prompt=NEGATIVE,
-        do_classifier_free_guidance=True, max_sequence_length=256, device=torch.device("cpu"),
-    )
+    with torch.no_grad():  # as diffusers' __call__ runs it (with autograd on, its SDPA takes another kernel)
+        embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+            prompt=PROMPTS, prompt_2=None, prompt_3=None, negative_prompt=NEGATIVE,
+            do_classifier_free_guidance=True, max_sequence_length=256, device=torch.device("cpu"),
+        )
     ours = _ours(tiny, with_t5)
     context, y = ours.encode(PROMPTS)
     negative_context, negative_y = ours.encode(NEGATIVE)
@@ -61,10 +62,11 @@ def test_encode_matches_diffusers_encode_prompt(tiny, with_t5):
 def test_empty_negative_prompt_matches_diffusers_default(tiny):
     """diffusers encodes "" when no negative prompt is given; ours encodes "" the same way."""
     pipe = diffusers_pipeline(tiny)
-    _, negative_embeds, _, negative_pooled = pipe.encode_prompt(
-        prompt=PROMPTS[0], prompt_2=None, prompt_3=None, do_classifier_free_guidance=True,
-        max_sequence_length=256, device=torch.device("cpu"),
-    )
+    with torch.no_grad():
+        _, negative_embeds, _, negative_pooled = pipe.encode_prompt(
+            prompt=PROMPTS[0], prompt_2=None, prompt_3=None, do_classifier_free_guidance=True,
+            max_sequence_length=256, device=torch.device("cpu"),
+        )
     context, y = _ours(tiny, True).encode("")
     _close(context, negative_embeds)
     _close(y, negative_pooled)

@@ -24,9 +24,15 @@ def test_clip_l_file_with_a_projection_loads_and_ignores_it():
 
 
 def test_legacy_position_ids_buffer_is_ignored():
+    """Old transformers saved a `position_ids` buffer; the model computes positions itself, so even a
+    wrong buffer changes nothing."""
     state_dict = clip_state_dict(TinyCLIP(vocab=100))
-    state_dict["text_model.embeddings.position_ids"] = torch.arange(77)[None]
-    load_clip_l(state_dict)
+    plain = load_clip_l(state_dict)
+    legacy = load_clip_l({**state_dict, "text_model.embeddings.position_ids": torch.arange(77).flip(0)[None]})
+    ids = torch.tensor([[98, 5, 6, 7, 99] + [99] * 72])
+    assert "text_model.embeddings.position_ids" not in legacy.state_dict()
+    for got, want in zip(legacy(ids), plain(ids)):
+        assert torch.equal(got, want)
 
 
 def test_missing_clip_layer_is_listed():

@@ -41,6 +41,14 @@ def test_a_bad_request_is_refused_before_anything_loads(watched, settings, messa
     assert loaded == []
 
 
+def test_the_variants_slg_layers_are_checked_against_the_checkpoint(files):
+    loaded = []
+    pipe = StableDiffusion3(files, variant="3.5-medium", on_load=lambda name, module: loaded.append(name))
+    with pytest.raises(ConfigurationError, match=r"SLG layers \[7, 8, 9\] do not exist: this MMDiT has blocks 0..1"):
+        pipe.generate("a cat", slg=True, **ARGS)  # 3.5-medium's SLG skips blocks 7-9; the tiny MMDiT has 2
+    assert loaded == []
+
+
 def test_a_lora_that_does_not_fit_is_refused_when_added(watched, tiny, tmp_path):
     pipe, loaded = watched
     kohya_lora(tiny, tmp_path / "typo.safetensors", misspell="lora_unet_joint_blocks_0_context_block_mlp_fc_1")

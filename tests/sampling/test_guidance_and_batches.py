@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from sd3.errors import ConfigurationError
 from sd3.mmdit import load_mmdit
-from sd3.sampling import Conditioning, GuidedVelocity, Reference, SkipLayerGuidanceConfig, StableDiffusion3
+from sd3.sampling import Conditioning, GuidedVelocity, SkipLayerGuidanceConfig, StableDiffusion3
 
 
 @pytest.fixture(scope="module")
@@ -92,19 +91,3 @@ def test_batched_images_equal_images_generated_alone(files):
     for k in (1, 2):
         alone = sd3.generate([batched.prompts[k]], height=32, width=48, steps=3, cfg=4.0, seed=batched.seeds[k])
         assert (alone.latents[0] - batched.latents[k]).abs().max() < 1e-4
-
-
-def test_reference_presets_set_every_point():
-    candle, stability, diffusers = (Reference.named(n) for n in ("candle", "stability", "diffusers"))
-    assert (candle.clip_l_pad, candle.clip_g_gelu, candle.t5_length, candle.schedule) == ("!", "gelu_tanh", 77, "candle")
-    assert candle.uncond_at_cfg_one and not candle.uncond_first
-    assert (stability.clip_l_pad, stability.t5_truncate, stability.schedule, stability.uncond_at_cfg_one) == (
-        "<|endoftext|>", False, "stability", True)
-    assert not stability.round_latents
-    assert (diffusers.t5_length, diffusers.schedule, diffusers.uncond_first, diffusers.uncond_at_cfg_one) == (
-        256, "diffusers", True, False)
-    assert diffusers.round_latents
-    default = Reference.named("default")
-    assert (default.clip_l_pad, default.clip_g_gelu, default.schedule, default.t5_length) == ("<|endoftext|>", "gelu", "candle", 77)
-    with pytest.raises(ConfigurationError, match="candle, stability, diffusers"):
-        Reference.named("comfyui")

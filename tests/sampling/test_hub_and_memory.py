@@ -7,7 +7,7 @@ from huggingface_hub.errors import GatedRepoError
 
 from sd3.sampling import hub as hub
 from sd3.errors import DeviceError, ModelLoadingError
-from sd3.sampling import StableDiffusion3, VARIANTS
+from sd3.sampling import StableDiffusion3
 from sd3.sampling.hub import resolve
 from sd3.sampling import memory
 from sd3.sampling.variants import HubFile
@@ -48,13 +48,27 @@ def test_gated_repo_says_where_to_accept_the_licence_and_never_prints_the_token(
     assert "hf_secret_token_value" not in message
 
 
-def test_variant_table():
-    medium = VARIANTS["3.5-medium"]
-    assert medium.clip_l.repo == "stabilityai/stable-diffusion-3.5-large"  # the medium repo's T5 is sharded
-    assert medium.slg.layers == (7, 8, 9) and medium.slg.scale == 2.5
-    assert VARIANTS["3.5-large-turbo"].steps == 4 and VARIANTS["3.5-large-turbo"].cfg == 1.0
-    assert VARIANTS["3-medium"].clip_g == VARIANTS["3-medium"].checkpoint  # all in one file
-    assert all(v.slg is None for k, v in VARIANTS.items() if k != "3.5-medium")
+@pytest.mark.parametrize(
+    "which, checkpoint, text_encoders",
+    [
+        ("3-medium", "stable-diffusion-3-medium/sd3_medium_incl_clips_t5xxlfp16.safetensors",
+         "stable-diffusion-3-medium/sd3_medium_incl_clips_t5xxlfp16.safetensors"),  # all in one file
+        ("3.5-large", "stable-diffusion-3.5-large/sd3.5_large.safetensors", "stable-diffusion-3.5-large/text_encoders/"),
+        ("3.5-medium", "stable-diffusion-3.5-medium/sd3.5_medium.safetensors",
+         "stable-diffusion-3.5-large/text_encoders/"),  # the medium repository's T5 is sharded: the large one's
+    ],
+)
+def test_where_each_variant_reads_its_files(monkeypatch, which, checkpoint, text_encoders):
+    asked = []
+
+    def download(repo, filename, **kwargs):
+        asked.append(f"{repo.removeprefix('stabilityai/')}/{filename}")
+        return f"/cache/{repo}/{filename}"
+
+    monkeypatch.setattr(hub, "hf_hub_download", download)
+    files = hub.model_files(which)
+    assert asked[0] == checkpoint and files.vae == files.checkpoint  # the VAE is in the checkpoint
+    assert all(path.startswith(text_encoders) for path in asked[1:4]), asked[1:4]
 
 
 def test_a_stage_that_does_not_fit_is_refused_with_advice(monkeypatch, files):

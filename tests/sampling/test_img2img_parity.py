@@ -98,9 +98,14 @@ def test_inpainting_keeps_the_unmasked_latents(files, init_image, mask):
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
 def test_greyscale_rgba_and_palette_images_are_converted(files, init_image, mode):
+    """Any mode starts from the image's RGB version: the same latents as the caller's own conversion."""
     pipe = StableDiffusion3(files, keep="all")
-    result = pipe.generate(PROMPT, height=32, width=32, steps=2, cfg=4.0, init_image=init_image.convert(mode),
-                           strength=0.5, quiet=True)
+    settings = dict(height=32, width=32, steps=2, cfg=4.0, strength=0.5, quiet=True)
+    image = init_image.convert(mode)
+    result = pipe.generate(PROMPT, init_image=image, **settings)
+    assert torch.equal(result.latents, pipe.generate(PROMPT, init_image=image.convert("RGB"), **settings).latents)
+    if mode == "L":  # the colour is gone, so the start differs from the colour image's
+        assert not torch.equal(result.latents, pipe.generate(PROMPT, init_image=init_image, **settings).latents)
     assert result.images[0].size == (32, 32)
 
 

@@ -1,0 +1,114 @@
+"""The check layer: a request checked whole, against the variant and the checkpoint, before any model loads.
+
+`GenerationOptions.resolve` (sampling/options.py) checks each value; these add what only the
+pipeline knows: the checkpoint's position table (the largest image), its number of blocks (SLG
+layers), its context width (a saved conditioning), and how the images, prompts, initial latents and
+image to image fit together. `StableDiffusion3` offers them as its methods `options`, `check` and
+`check_conditioning`; `generate_many` uses them too. Every refusal is a `ConfigurationError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from sd3.errors import ConfigurationError
+from sd3.sampling import img2img, run
+from sd3.sampling.conditioning import Conditioning
+from sd3.sampling.guidance import SkipLayerGuidanceConfig
+from sd3.sampling.noise import check_latents
+from sd3.sampling.options import GenerationOptions
+from sd3.sampling.requests import image_requests
+
+DEFAULT_STRENGTH = 0.6  # image to image without a `strength` (diffusers' default)
+
+
+def options(
+    pipe,
+    *,
+    height: int = 1024,
+    width: int = 1024,
+    steps: int | None = None,
+    cfg: float | None = None,
+    shift: float | None = None,
+    seed: int = 0,
+    num_images: int = 1,
+    batch_size: int = 1,
+    slg: SkipLayerGuidanceConfig | bool | None = None,
+    sampler_name: str = "euler",
+    sigmas: Sequence[float] | None = None,
+    tile_size: int | None = None,
+    strength: float | None = None,
+) -> GenerationOptions:
+    """`generate()`'s settings, filled from the variant and checked against this checkpoint.
+
+    `strength` (image to image) keeps the last part of the schedule (sampling/img2img.py).
+
+    Raises:
+        ConfigurationError: any value out of range; a size beyond the checkpoint's position
+            table; SLG layers the MMDiT does not have.
+    """
+    options = GenerationOptions.resolve(
+        pipe.variant, pipe.reference, height=height, width=width, steps=steps, cfg=cfg, shift=shift, seed=seed,
+        num_images=num_images, batch_size=batch_size, slg=slg, sampler=sampler_name,
+        sigmas=list(sigmas) if sigmas is not None else None, tile_size=tile_size,
+    )
+    limit = pipe.mmdit_config.max_image_size  # the checkpoint's position table
+    for name, side in (("height", options.height), ("width", options.width)):
+        if side > limit:
+            raise ConfigurationError(f"`{name}` {side} exceeds this checkpoint's limit of {limit} pixels (its position table)")
+    depth = pipe.mmdit_config.depth
+    if options.slg is not None and any(not 0 <= i < depth for i in options.slg.layers):
+        raise ConfigurationError(f"SLG layers {list(options.slg.layers)} do not exist: this MMDiT has blocks "
+                                 f"0..{depth - 1}, so `slg` cannot skip them")
+    if strength is not None:
+        skip = img2img.start_index(options.steps, strength, pipe.reference.img2img_start)  # < steps for strength > 0
+        options = replace(options, schedule=options.schedule[skip:])
+    return options
+
+
+def check_conditioning(pipe, conditioning: Conditioning) -> Conditioning:
+    """Refuse a `conditioning` whose widths are not this MMDiT's (context (n, l, d), y (n, p))."""
+    cfg = pipe.mmdit_config
+    if conditioning.context.shape[-1] != cfg.context_dim or conditioning.y.shape[-1] != cfg.adm_in_channels:
+        raise ConfigurationError(
+            f"the `conditioning` has context width {conditioning.context.shape[-1]} and pooled width "
+            f"{conditioning.y.shape[-1]}; this MMDiT takes {cfg.context_dim} and {cfg.adm_in_channels}"
+        )
+    return conditioning
+
+
+def edit(init_image, strength: float | None, mask) -> run.Edit | None:
+    """Image to image's inputs, opened and checked (sampling/img2img.py), or None without an image."""
+    image, mask_image = img2img.check_inputs(init_image, strength, mask)
+    if image is None:
+        return None
+    return run.Edit(image, mask_image, DEFAULT_STRENGTH if strength is None else strength)
+
+
+def check(pipe, prompts, negative_prompts=None, *, latents=None, init_image=None, strength=None, mask=None,
+          conditioning: Conditioning | None = None, **settings) -> run.Work:
+    """A `generate()` request checked whole, against this checkpoint, before any model loads: the
+    `Work` that sampling/run.py runs (`settings` as for `options()`).
+
+    Raises:
+        ConfigurationError: as `generate()` says."""
+    start = edit(init_image, strength, mask)
+    if start is not None and latents is not None:
+        raise ConfigurationError("`latents` and `init_image` do not go together: the image sets the start")
+    options = pipe.options(**settings, strength=start and start.strength)
+    if conditioning is not None:
+        pipe.check_conditioning(conditioning)
+        if negative_prompts is not None:
+            raise ConfigurationError("`negative_prompts` are inside the `conditioning`: give one or the other")
+        prompts = [""] * len(conditioning) if prompts is None else prompts
+    elif prompts is None:
+        raise ConfigurationError("give `prompts`, or a `conditioning` from encode()")
+    requests = image_requests(prompts, negative_prompts, seed=options.seed, num_images=options.num_images)
+    if conditioning is not None and len(conditioning) != requests[-1].prompt_index + 1:
+        raise ConfigurationError(f"the `conditioning` has {len(conditioning)} rows for "
+                                 f"{requests[-1].prompt_index + 1} `prompts`: one row per prompt")
+    if latents is not None:
+        check_latents(latents, len(requests), options.height, options.width)
+    batches = run.batches(requests, lambda request: options, options.batch_size)
+    return run.Work(batches, [list(range(len(batches)))], conditioning=conditioning, latents=latents, edit=start)
