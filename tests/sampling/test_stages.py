@@ -83,3 +83,16 @@ def test_conditioning_files_are_checked(files, tmp_path):
     with pytest.raises(ConfigurationError, match="lacks y, negative_context, negative_y"):
         Conditioning.load(tmp_path / "partial.safetensors")
     assert loaded == []
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_generate_many_does_image_to_image_as_generate_does(files, init_image_tensor, masked):
+    pipe = StableDiffusion3(files, keep="all")
+    mask = torch.zeros(32, 48)
+    mask[8:24, 12:36] = 1  # white: repaint
+    edit = dict(init_image=init_image_tensor, strength=0.5, mask=mask if masked else None)
+    called = pipe.generate(PROMPTS[:2], seed=4, batch_size=2, **edit, **ARGS)  # one batch: the same text pass
+    streamed = list(pipe.generate_many(PROMPTS[:2], seed=4, batch_size=2, **edit, **ARGS))
+    assert [r.image.tobytes() for r in streamed] == _bytes(called) and called.steps == 1  # half of 2 steps
+    plain = pipe.generate(PROMPTS[:2], seed=4, batch_size=2, **ARGS)
+    assert _bytes(plain) != _bytes(called)  # the image did set the start
