@@ -9,8 +9,11 @@ image to image fit together. `StableDiffusion3` offers them as its methods `opti
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import replace
+
+import torch
 
 from sd3.errors import ConfigurationError
 from sd3.sampling import img2img, run
@@ -18,9 +21,11 @@ from sd3.sampling.conditioning import Conditioning
 from sd3.sampling.guidance import SkipLayerGuidanceConfig
 from sd3.sampling.noise import check_latents
 from sd3.sampling.options import GenerationOptions
-from sd3.sampling.requests import image_requests
+from sd3.sampling.requests import ImageRequest, image_requests, settings_key
 
 DEFAULT_STRENGTH = 0.6  # image to image without a `strength` (diffusers' default)
+SETTINGS = ("height", "width", "steps", "cfg", "shift", "seed", "num_images", "batch_size", "slg", "sampler_name",
+            "sigmas", "tile_size")  # what `options()` takes besides `strength`
 
 
 def options(
@@ -67,7 +72,7 @@ def options(
     return options
 
 
-def check_conditioning(pipe, conditioning: Conditioning) -> Conditioning:
+def check_conditioning(pipe, conditioning: Conditioning) -> None:
     """Refuse a `conditioning` whose widths are not this MMDiT's (context (n, l, d), y (n, p))."""
     cfg = pipe.mmdit_config
     if conditioning.context.shape[-1] != cfg.context_dim or conditioning.y.shape[-1] != cfg.adm_in_channels:
@@ -75,7 +80,6 @@ def check_conditioning(pipe, conditioning: Conditioning) -> Conditioning:
             f"the `conditioning` has context width {conditioning.context.shape[-1]} and pooled width "
             f"{conditioning.y.shape[-1]}; this MMDiT takes {cfg.context_dim} and {cfg.adm_in_channels}"
         )
-    return conditioning
 
 
 def edit(init_image, strength: float | None, mask) -> run.Edit | None:
@@ -86,8 +90,34 @@ def edit(init_image, strength: float | None, mask) -> run.Edit | None:
     return run.Edit(image, mask_image, DEFAULT_STRENGTH if strength is None else strength)
 
 
+def request_options(pipe, request: ImageRequest, settings: dict, edit: run.Edit | None = None) -> GenerationOptions:
+    """The checked options of one request: `settings` (as for `options()`) with its own settings winning."""
+    return pipe.options(**{**settings, **request.settings}, strength=edit.strength if edit else None)
+
+
+def work(pipe, requests: list[ImageRequest], settings: dict, *, edit: run.Edit | None = None,
+         encode_per_batch: bool = False, conditioning: Conditioning | None = None,
+         latents: torch.Tensor | None = None) -> run.Work:
+    """`requests` in batches, every distinct setting checked (`settings` as for `options()`, each
+    request's own settings winning): the `Work` that sampling/run.py runs.
+
+    Raises:
+        ConfigurationError: a bad setting, or two requests with one index."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise ConfigurationError(f"unknown settings {unknown}; the settings are {', '.join(SETTINGS)}")
+    if len({r.index for r in requests}) != len(requests):
+        raise ConfigurationError("two image requests share one index: each image needs its own")
+    options = {}  # each distinct setting checked once, before anything loads
+    for request in requests:
+        if settings_key(request) not in options:
+            options[settings_key(request)] = request_options(pipe, request, settings, edit)
+    batches = run.batches(requests, lambda request: options[settings_key(request)], settings.get("batch_size", 1))
+    return run.Work(batches, encode_per_batch, conditioning=conditioning, latents=latents, edit=edit)
+
+
 def check(pipe, prompts, negative_prompts=None, *, latents=None, init_image=None, strength=None, mask=None,
-          conditioning: Conditioning | None = None, **settings) -> run.Work:
+          conditioning: Conditioning | str | os.PathLike | None = None, **settings) -> run.Work:
     """A `generate()` request checked whole, against this checkpoint, before any model loads: the
     `Work` that sampling/run.py runs (`settings` as for `options()`).
 
@@ -96,19 +126,20 @@ def check(pipe, prompts, negative_prompts=None, *, latents=None, init_image=None
     start = edit(init_image, strength, mask)
     if start is not None and latents is not None:
         raise ConfigurationError("`latents` and `init_image` do not go together: the image sets the start")
-    options = pipe.options(**settings, strength=start and start.strength)
+    if isinstance(conditioning, (str, os.PathLike)):
+        conditioning = Conditioning.load(conditioning)
     if conditioning is not None:
-        pipe.check_conditioning(conditioning)
+        check_conditioning(pipe, conditioning)
         if negative_prompts is not None:
             raise ConfigurationError("`negative_prompts` are inside the `conditioning`: give one or the other")
         prompts = [""] * len(conditioning) if prompts is None else prompts
     elif prompts is None:
         raise ConfigurationError("give `prompts`, or a `conditioning` from encode()")
+    options = pipe.options(**settings, strength=start.strength if start else None)  # named before the prompts
     requests = image_requests(prompts, negative_prompts, seed=options.seed, num_images=options.num_images)
     if conditioning is not None and len(conditioning) != requests[-1].prompt_index + 1:
         raise ConfigurationError(f"the `conditioning` has {len(conditioning)} rows for "
                                  f"{requests[-1].prompt_index + 1} `prompts`: one row per prompt")
     if latents is not None:
         check_latents(latents, len(requests), options.height, options.width)
-    batches = run.batches(requests, lambda request: options, options.batch_size)
-    return run.Work(batches, [list(range(len(batches)))], conditioning=conditioning, latents=latents, edit=start)
+    return work(pipe, requests, settings, edit=start, conditioning=conditioning, latents=latents)

@@ -38,7 +38,7 @@ class Conditioning:
     All four share a dtype (the text encoders' compute dtype) and a device.
 
     Raises:
-        ConfigurationError: tensors whose shapes do not fit together.
+        ConfigurationError: tensors whose shapes do not fit together, or of mixed dtypes or devices.
     """
 
     context: torch.Tensor
@@ -54,6 +54,9 @@ class Conditioning:
             raise ConfigurationError(
                 f"a `conditioning` needs context (n, l, d), y (n, p) and negatives of the same shapes; got {shapes}"
             )
+        kinds = {(getattr(self, name).dtype, getattr(self, name).device) for name in NAMES}
+        if len(kinds) > 1:
+            raise ConfigurationError(f"a `conditioning`'s four tensors must share a dtype and a device; got {kinds}")
 
     def __len__(self) -> int:
         return self.context.shape[0]
@@ -68,6 +71,8 @@ class Conditioning:
     def save(self, path: str | os.PathLike) -> None:
         """Write the four tensors to a `.safetensors` file, atomically (a temporary name, then a rename)."""
         path = Path(path)
+        if not path.parent.is_dir():
+            raise ConfigurationError(f"cannot save the conditioning to {path}: the folder {path.parent} does not exist")
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             save_file({name: getattr(self, name).detach().cpu().contiguous() for name in NAMES}, str(temporary),
@@ -81,9 +86,12 @@ class Conditioning:
         """Read what `save` wrote (on the CPU, in the dtype it was saved in).
 
         Raises:
-            ConfigurationError: the file lacks one of the four tensors, or their shapes do not fit.
-            ModelLoadingError: the file is missing, pickle-based or not readable safetensors.
+            ConfigurationError: no such `.safetensors` file, or it lacks one of the four tensors, or
+                their shapes do not fit.
+            ModelLoadingError: the file is not readable safetensors.
         """
+        if not Path(path).is_file() or Path(path).suffix.lower() != ".safetensors":
+            raise ConfigurationError(f"`conditioning` {path}: no such .safetensors file (Conditioning.save writes one)")
         with open_checkpoint(path) as tensors:
             missing = [name for name in NAMES if name not in tensors]
             if missing:

@@ -6,20 +6,25 @@ Every stage of the pipeline runs inside `lifecycle.stage(name)`:
         ...models["mmdit"](x, t, y, context)...
 
 On entry it refuses, with advice, a stage whose models and activations do not fit the device
-(sampling/memory.py), then loads the stage's models that are not resident (their time goes to
-`timings.load`). The work inside is timed under the stage's clock. On exit the `keep` policy
-(sampling/residency.py) decides: a call that keeps its models leaves them loaded, a staged call
-frees the stage's models before the next stage loads.
+(sampling/memory.py), after freeing any other model that stands in the way, then loads the stage's
+models that are not resident (their time goes to `timings.load`). The work inside is timed under the
+stage's clock. On exit the `keep` policy (sampling/residency.py) decides: a call that keeps its
+models leaves them loaded, a staged call frees the stage's models before the next stage loads.
 
-A call (`generate()`, one chunk of `generate_many()`) opens `lifecycle.call(options)`, which makes
-that decision once, for the largest work of the call, and collects the call's `timings`. A stage
-used on its own (`pipe.encode(...)` in a notebook) is a call by itself. Stages nest: a stage that is
-already open hands back its models and neither loads, checks nor times again, so a caller can hold
-the text encoders across many `pipe.encode` calls with one `with lifecycle.stage("encode")`.
+A call (`generate()`, one chunk of `generate_many()`) is a `Call`: `lifecycle.start(options)` makes
+the keep-or-free decision once, for the largest work of the call, and the `Call` collects its
+`timings`; `with lifecycle.using(call):` runs code as part of it. A stage used on its own
+(`pipe.encode(...)` in a notebook) is a call by itself.
 
-A new model that runs at every step (a ControlNet, a preview decoder) is one more entry in
-`STAGES`' model lists and one more loader: the stage that uses it then checks, loads, times and
-frees it with the rest.
+`lifecycle.hold(name)` is a stage that does not time itself: it loads (and checks, and frees on
+exit) once for many stages of the same name inside it, so a caller can hold the text encoders across
+many `pipe.encode` calls, which time themselves. A `with` block never stays open across a `yield`:
+what must stay loaded between a generator's yields is pinned to its call (`call.pinned`) and freed
+by `lifecycle.finish(call)`.
+
+A new model that runs at every step (a ControlNet, a preview decoder) is one more entry in `STAGES`'
+model lists, one more loader, and its file in `StageMemory`: the stage that uses it then checks,
+loads, times and frees it with the rest.
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+from sd3.errors import DeviceError
 from sd3.sampling.memory import StageMemory
 from sd3.sampling.residency import ResidentModels
 
@@ -70,6 +76,17 @@ class Timings:
         return asdict(self)
 
 
+@dataclass
+class Call:
+    """One call's decision and record: whether its models stay loaded after their stage, its
+    timings, its open holds (stage name -> models) and the models pinned until it finishes."""
+
+    keeping: bool
+    timings: Timings = field(default_factory=Timings)
+    holds: dict[str, dict[str, nn.Module]] = field(default_factory=dict)
+    pinned: set[str] = field(default_factory=set)
+
+
 class ModelLifecycle:
     """Loads, keeps and frees one pipeline's models around its stages.
 
@@ -94,83 +111,104 @@ class ModelLifecycle:
     ) -> None:
         self.models, self.memory, self.keep = models, memory, keep
         self.loaders, self.prepare, self.context_tokens = loaders, prepare, context_tokens
-        self.timings = Timings()  # the current call's, or the last one's
-        self.keeping: bool | None = None  # inside a call: whether models stay loaded after their stage
-        self._open: dict[str, tuple[dict, list]] = {}  # stages now open -> (their models, inner stages run)
+        self.current: Call | None = None  # the call the code now running belongs to
+        self.timings = Timings()  # the last call's
 
     def keeps_models(self, options=None) -> bool:
         """Whether a call of `options` (a GenerationOptions; None: sizes unknown) leaves each model
         loaded after its stage: `keep`, or for "auto" the memory check. Frees nothing."""
         return self.memory.fits_together(self.keep, self.models, options, self.context_tokens)
 
-    @contextlib.contextmanager
-    def call(self, options=None) -> Iterator[Timings]:
-        """One call's work: decides for it, at `options`' size, whether models stay loaded between
-        stages, frees what earlier calls left loaded when they do not, and collects its timings.
-        Inside an open call it changes nothing."""
-        if self.keeping is not None:
-            yield self.timings
-            return
-        self.keeping = self.keeps_models(options)
-        if not self.keeping:
+    def start(self, options=None) -> Call:
+        """A new call for work of `options`' size: decides whether its models stay loaded between
+        stages, and frees what earlier calls left loaded when they do not."""
+        call = Call(self.keeps_models(options))
+        if not call.keeping:
             self.models.release()
-        self.timings = Timings()
-        try:
-            yield self.timings
-        finally:
-            self.keeping = None
+        self.timings = call.timings
+        return call
 
     @contextlib.contextmanager
-    def stage(self, name: str, activation: int = 0) -> Iterator[dict[str, nn.Module]]:
-        """Run stage `name` (a key of `STAGES`): yields its models by name, loaded.
+    def using(self, call: Call) -> Iterator[Call]:
+        """Run the block as part of `call` (its decision, its timings, its holds)."""
+        outer, self.current = self.current, call
+        try:
+            yield call
+        finally:
+            self.current = outer
 
-        Inside an open stage of the same name it only times its work: the outer one has checked,
-        loaded, and will keep or free. An outer stage's own time counts only when no inner one ran,
-        so a caller holding a stage across a loop that yields is not charged for what it does
-        between yields.
+    def finish(self, call: Call) -> None:
+        """Free what `call` pinned, unless it keeps its models."""
+        if not call.keeping and call.pinned:
+            self.models.release(*call.pinned)
+        call.pinned.clear()
+
+    @contextlib.contextmanager
+    def hold(self, name: str, activation: int = 0) -> Iterator[dict[str, nn.Module]]:
+        """Stage `name`'s models (a key of `STAGES`), loaded, for the block; not timed.
+
+        Inside a hold of the same name it only hands over the models. Outside any call it is a
+        call by itself.
 
         Args:
             activation: bytes its activations need on the device, for the memory check.
 
         Raises:
-            DeviceError: the stage's models not yet loaded and `activation` exceed the free memory.
+            DeviceError: the stage's models not yet loaded and `activation` exceed the free memory,
+                even once every other model is freed.
         """
-        stage = STAGES[name]
-        if name in self._open:
-            models, inner = self._open[name]
-            with self._clock(stage.clock):
+        if self.current is None:
+            call = self.start()
+            with self.using(call), self.hold(name, activation) as models:
                 yield models
-            inner.append(True)
             return
+        call = self.current
+        if name in call.holds:
+            yield call.holds[name]
+            return
+        stage = STAGES[name]
         names = [model for model in stage.models if model in self.loaders]
-        with self.call():
-            self.memory.check(stage.label, names, self.models, activation, stage.advice)
-            models, inner = {model: self._load(model) for model in names}, []
-            self._open[name] = (models, inner)
-            start = time.perf_counter()
+        self._make_room(stage, names, activation)
+        models: dict[str, nn.Module] = {}
+        try:
+            for model in names:
+                models[model] = self._load(model, call.timings)
+            call.holds[name] = models
+            yield models
+        finally:
+            call.holds.pop(name, None)
+            freed = [n for n in names if n not in call.pinned]
+            if not call.keeping and freed:
+                models.clear()  # the caller's handle lets go too, so the release below frees them
+                self.models.release(*freed)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, activation: int = 0) -> Iterator[dict[str, nn.Module]]:
+        """Stage `name`: `hold` its models, and time the block (loads excluded) on its clock."""
+        with self.hold(name, activation) as models:
+            call, start = self.current, time.perf_counter()
             try:
                 yield models
             finally:
-                del self._open[name]
-                if not inner:
-                    self._add(stage.clock, time.perf_counter() - start)
-                if not self.keeping:
-                    models.clear()  # the caller's handle lets go too, so the release below frees them
-                    self.models.release(*names)
+                clock = STAGES[name].clock
+                setattr(call.timings, clock, getattr(call.timings, clock) + time.perf_counter() - start)
 
-    @contextlib.contextmanager
-    def _clock(self, clock: str) -> Iterator[None]:
-        start = time.perf_counter()
+    def _make_room(self, stage: Stage, names: list[str], activation: int) -> None:
+        """The memory check; when it fails, free the models no open hold uses, and check again."""
         try:
-            yield
-        finally:
-            self._add(clock, time.perf_counter() - start)
+            self.memory.check(stage.label, names, self.models, activation, stage.advice)
+        except DeviceError:
+            busy = set(names) | {m for held in self.current.holds.values() for m in held}
+            idle = [m for m in self.models.models if m not in busy]
+            if not idle:
+                raise
+            self.models.release(*idle)
+            self.memory.check(stage.label, names, self.models, activation, stage.advice)
 
-    def _add(self, clock: str, seconds: float) -> None:
-        setattr(self.timings, clock, getattr(self.timings, clock) + seconds)
-
-    def _load(self, name: str) -> nn.Module:
+    def _load(self, name: str, timings: Timings) -> nn.Module:
         if name in self.models:
             return self.models.get(name, self.loaders[name])
-        with self._clock("load"):
-            return self.models.get(name, self.loaders[name], self.prepare.get(name))
+        start = time.perf_counter()
+        module = self.models.get(name, self.loaders[name], self.prepare.get(name))
+        timings.load += time.perf_counter() - start
+        return module

@@ -89,13 +89,26 @@ class GenerationOptions:
             if value < 1:
                 raise ConfigurationError(f"`{name}` must be at least 1, got {value}")
         sampler_function(sampler)  # an unknown name is refused there
-        if tile_size is not None and tile_size <= DECODE_TILE_OVERLAP:
-            raise ConfigurationError(
-                f"`tile_size` must exceed the {DECODE_TILE_OVERLAP} latent pixels that tiles overlap, got {tile_size}"
-            )
+        check_tile_size(tile_size)
         # steps, shift and explicit sigmas are checked where the schedule is made (sampling/schedules.py)
         schedule = explicit_sigmas(sigmas) if sigmas is not None else schedule_sigmas(reference.schedule, steps, shift)
         return cls(
             height=height, width=width, cfg=cfg, shift=shift, seed=seed, num_images=num_images,
             batch_size=batch_size, slg=slg, sampler=sampler, schedule=schedule, tile_size=tile_size,
+        )
+
+    def describe(self) -> dict:
+        """The settings that make an image what it is, as JSON values: a manifest line's and a PNG's
+        `settings` (height, width, steps, cfg, shift, sampler, slg)."""
+        slg = None if self.slg is None else {"scale": self.slg.scale, "start": self.slg.start, "end": self.slg.end,
+                                             "layers": list(self.slg.layers)}
+        return {"height": self.height, "width": self.width, "steps": self.steps, "cfg": self.cfg, "shift": self.shift,
+                "sampler": self.sampler, "slg": slg}
+
+
+def check_tile_size(tile_size: int | None) -> None:
+    """Refuse a `tile_size` (latent pixels) that does not exceed the tiles' overlap."""
+    if tile_size is not None and tile_size <= DECODE_TILE_OVERLAP:
+        raise ConfigurationError(
+            f"`tile_size` must exceed the {DECODE_TILE_OVERLAP} latent pixels that tiles overlap, got {tile_size}"
         )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
@@ -39,27 +38,15 @@ from sd3.sampling.guidance import GuidedVelocity, SkipLayerGuidanceConfig
 from sd3.sampling.hub import ModelFiles, model_files
 from sd3.sampling.img2img import ImageLike
 from sd3.sampling.lifecycle import ModelLifecycle
-from sd3.sampling.options import GenerationOptions
+from sd3.sampling.options import GenerationOptions, check_tile_size
 from sd3.sampling.reference import Reference
-from sd3.sampling.requests import ImageRequest, prompt_lists
+from sd3.sampling.requests import prompt_lists
 from sd3.sampling.residency import ResidentModels, check_keep
+from sd3.sampling.run import GenerationResult
 from sd3.sampling.samplers import StepCallback, sampler
 from sd3.sampling.variants import Variant, variant as variant_named
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class GenerationResult:
-    images: list[Image.Image]
-    latents: torch.Tensor  # final model-space latents (n, 16, h, w), float32, before decoding
-    seeds: list[int]
-    prompts: list[str]
-    negative_prompts: list[str]
-    steps: int  # denoising steps per image (the schedule's length minus one)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: load, encode, denoise, decode
-    requests: list[ImageRequest] = field(default_factory=list)  # one per image: its index, texts and seed
-    options: GenerationOptions | None = None  # the checked settings (image to image: the schedule it ran)
 
 
 class StableDiffusion3:
@@ -276,10 +263,14 @@ class StableDiffusion3:
                 the options' size.
             SamplingError: the result holds NaN or inf (usually float16 overflow).
         """
-        n, shape = latents.shape[0], (16, options.height // 8, options.width // 8)
-        if tuple(latents.shape[1:]) != shape or len(conditioning) != n:
-            raise ConfigurationError(f"`latents` {tuple(latents.shape)} must be (n, {', '.join(map(str, shape))}) "
-                                     f"for `options`' size, with one `conditioning` row each ({len(conditioning)})")
+        if not isinstance(options, GenerationOptions):
+            raise ConfigurationError("`options` must come from pipe.options(...), which checks them")
+        if not isinstance(conditioning, Conditioning) or not isinstance(latents, torch.Tensor):
+            raise ConfigurationError("denoise() takes a `conditioning` from encode() and `latents` as a tensor")
+        n, shape = len(conditioning), (16, options.height // 8, options.width // 8)
+        if tuple(latents.shape) != (n, *shape):
+            raise ConfigurationError(f"`latents` must be {(n, *shape)}: one per `conditioning` row, at the size of "
+                                     f"`options`; got {tuple(latents.shape)}")
         activation = self.memory.activations(options, conditioning.context.shape[1])["mmdit"]
         ref, schedule, sample = self.reference, options.schedule.to(self.device), sampler(options.sampler)
         batches = range(0, n, options.batch_size)
@@ -312,22 +303,29 @@ class StableDiffusion3:
 
     # -- stage 3: decoding -----------------------------------------------------------------------
     def decode(
-        self, latents: torch.Tensor, *, batch_size: int = 1, tile_size: int | None = None, shift: bool = True
+        self, latents: torch.Tensor, *, batch_size: int = 1, tile_size: int | None = None, vae_shift: bool = True
     ) -> list[Image.Image]:
         """Model-space latents (n, 16, h, w) -> n RGB PIL images of 8h x 8w, `batch_size` at a time.
 
         Args:
             tile_size: decode in tiles of this many latent pixels (bounds the VAE's memory).
-            shift: False leaves out the VAE shift, as diffusers' inpainting does (`Reference`).
+            vae_shift: False leaves out the VAE's shift factor, as diffusers' inpainting does (`Reference`).
+
+        Raises:
+            ConfigurationError: latents not (n, 16, h, w), a `batch_size` below 1, a `tile_size` too small.
         """
         if latents.ndim != 4 or latents.shape[1] != 16:
             raise ConfigurationError(f"`latents` must be (n, 16, h, w), got {tuple(latents.shape)}")
+        if batch_size < 1:
+            raise ConfigurationError(f"`batch_size` must be at least 1, got {batch_size}")
+        check_tile_size(tile_size)
         activation = self.memory.decode_bytes(batch_size, 8 * latents.shape[2], 8 * latents.shape[3], tile_size)
         images = []
         with self.lifecycle.stage("decode", activation) as models, torch.no_grad():
             for first in range(0, latents.shape[0], batch_size):
                 part = latents[first : first + batch_size].to(self.device)
-                images += vae_lib.to_pil(vae_lib.decode_latents(models["vae"], part, tile_size=tile_size, shift=shift))
+                images += vae_lib.to_pil(vae_lib.decode_latents(models["vae"], part, tile_size=tile_size,
+                                                                shift=vae_shift))
         return images
 
     # -- the whole call --------------------------------------------------------------------------
@@ -381,12 +379,12 @@ class StableDiffusion3:
         Raises:
             ConfigurationError: any setting or input that cannot run, before any model loads.
         """
-        work = self.check(prompts, negative_prompts, height=height, width=width, steps=steps, cfg=cfg,
-                                    shift=shift, seed=seed, num_images=num_images, batch_size=batch_size, slg=slg,
-                                    sampler_name=sampler_name, sigmas=sigmas, latents=latents, tile_size=tile_size,
-                                    init_image=init_image, strength=strength, mask=mask, conditioning=conditioning)
-        work = replace(work, on_step=on_step, attention_backend=attention_backend, quiet=quiet)
-        rendered = list(run.render(self, work))  # encode, start, denoise, decode (sampling/run.py)
+        work = self.check(prompts, negative_prompts, height=height, width=width, steps=steps, cfg=cfg, shift=shift,
+                          seed=seed, num_images=num_images, batch_size=batch_size, slg=slg, sampler_name=sampler_name,
+                          sigmas=sigmas, latents=latents, tile_size=tile_size, init_image=init_image,
+                          strength=strength, mask=mask, conditioning=conditioning)
+        # encode, start latents, denoise, decode (sampling/run.py)
+        rendered = list(run.render(self, work, on_step=on_step, attention_backend=attention_backend, quiet=quiet))
         requests = work.requests
         return GenerationResult(
             images=[image for r in rendered for image in r.images], latents=torch.cat([r.latents for r in rendered]),

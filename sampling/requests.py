@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 from sd3.errors import ConfigurationError
 
-# What a prompt line may set for its own images, besides its seed and negative prompt.
-PER_IMAGE_SETTINGS = ("height", "width", "steps", "cfg", "shift")
+# What a prompt line may set for its own images, besides its seed and negative prompt (prompt files
+# offer the first five: sd3/jobs/prompts.py).
+PER_IMAGE_SETTINGS = ("height", "width", "steps", "cfg", "shift", "slg", "sampler_name", "tile_size")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class ImageRequest:
     prompt: str
     negative_prompt: str
     seed: int
-    settings: Mapping[str, int | float] = field(default_factory=dict)
+    settings: Mapping[str, object] = field(default_factory=dict, hash=False)
     prompt_index: int = 0
 
     @property
@@ -86,6 +87,11 @@ def image_requests(
         raise ConfigurationError(f"`num_images` must be at least 1, got {num_images}")
     if len({line.index for line in lines}) != len(lines):
         raise ConfigurationError("two `prompts` share one index: each prompt line needs its own")
+    for line in lines:
+        unknown = sorted(set(line.overrides) - {*PER_IMAGE_SETTINGS, "seed", "negative_prompt"})
+        if unknown:
+            raise ConfigurationError(f"prompt {line.index} sets {unknown}; a prompt line may set seed, "
+                                     f"negative_prompt, {', '.join(PER_IMAGE_SETTINGS)}")
     requests = []
     for line, negative in zip(lines, negatives):
         settings = {k: v for k, v in line.overrides.items() if k in PER_IMAGE_SETTINGS}

@@ -2,7 +2,7 @@
 
     encode the text  ->  start latents  ->  denoise  ->  decode
 
-`render(pipe, work)` runs a checked `Work` (a list of batches, built by `StableDiffusion3.check`)
+`render(pipe, work)` runs a checked `Work` (batches of image requests, built by sampling/checks.py)
 through the pipeline's public stages and yields each batch's images as soon as they are decoded.
 Where the models go between stages is the lifecycle's business (sampling/lifecycle.py):
 
@@ -11,24 +11,22 @@ Where the models go between stages is the lifecycle's business (sampling/lifecyc
 - staged (one stage's models at a time): every batch is denoised before the VAE loads, and each
   stage's models load once for the whole work.
 
-Batches are fixed by global index (index // batch size, split where settings change) and text is
-encoded one group at a time: `generate()` encodes its whole prompt list in one pass, as diffusers'
-`encode_prompt` does (so `generate(conditioning=pipe.encode(prompts))` gives the same bytes), and
-`generate_many()` encodes one batch at a time, each image's texts a row of their own, so an image's
-bytes do not depend on how the list was chunked, resumed or sharded. Matrix kernels are not batch-invariant: a row's result can depend on
-how many rows share the call, which is why both rules are fixed rather than left to chance.
+Batches are fixed by global index (index // batch size, split where settings change). Text is
+encoded in one of two fixed ways. `generate()` encodes its whole prompt list in one pass, as
+diffusers' `encode_prompt` does, so `generate(conditioning=pipe.encode(prompts))` gives the same
+bytes. `generate_many()` encodes one batch at a time, each image's texts a row of their own, so an
+image's bytes do not depend on how the list was chunked, resumed or sharded. Matrix kernels are not
+batch-invariant (a row's result can depend on how many rows share the call): hence fixed rules.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from sd3.sampling import img2img
 from sd3.sampling.conditioning import Conditioning
@@ -59,36 +57,34 @@ class Edit:
     strength: float
 
 
+def largest(options: list[GenerationOptions]) -> GenerationOptions:
+    """The options with the most pixels per batch: they size a call's memory decisions."""
+    return max(options, key=lambda o: o.height * o.width * o.batch_size)
+
+
 @dataclass
 class Work:
     """A checked request, ready to run.
 
     Attributes:
         batches: in global-index order.
-        text_groups: each a list of batch positions whose texts are encoded in one pass.
-        text_per_image: every image's texts are rows of their own, even when it repeats a prompt of
-            its batch (generate_many's rule); False: the images of one prompt share its rows.
+        encode_per_batch: generate_many's rule, each batch's texts encoded alone, every image's a
+            row of its own; False: generate's, the whole list in one pass, one row per prompt.
         conditioning: the caller's, one row per prompt (then nothing is encoded).
         latents: the caller's initial noise, (1 or n, 16, h, w), a row per image index.
         edit: image to image or inpainting, or None.
-        on_step: called after every step with (step, steps, latents).
-        attention_backend: a context manager around denoising (e.g. torch's `sdpa_kernel`).
-        quiet: no progress bar.
+        largest: the options that size the residency decision (default: the largest batch's).
     """
 
     batches: list[Batch]
-    text_groups: list[list[int]]
-    text_per_image: bool = False
+    encode_per_batch: bool = False
     conditioning: Conditioning | None = None
     latents: torch.Tensor | None = None
     edit: Edit | None = None
-    on_step: StepCallback | None = None
-    attention_backend: Callable | None = None
-    quiet: bool = True
-    largest: GenerationOptions = field(init=False)  # the batch with the most pixels: sizes the residency decision
+    largest: GenerationOptions | None = field(default=None)
 
     def __post_init__(self) -> None:
-        self.largest = max((b.options for b in self.batches), key=lambda o: o.height * o.width * o.batch_size)
+        self.largest = self.largest or largest([b.options for b in self.batches])
 
     @property
     def requests(self) -> list[ImageRequest]:
@@ -101,6 +97,19 @@ class Rendered:
     latents: torch.Tensor  # (b, 16, h, w) float32 on the CPU: the final latents, before decoding
     images: list[Image.Image]
     seconds: float  # the batch's denoising and decoding time (loads excluded)
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    latents: torch.Tensor  # final model-space latents (n, 16, h, w), float32, before decoding
+    seeds: list[int]
+    prompts: list[str]
+    negative_prompts: list[str]
+    steps: int  # denoising steps per image (the schedule's length minus one)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: load, encode, denoise, decode
+    requests: list[ImageRequest] = field(default_factory=list)  # one per image: its index, texts and seed
+    options: GenerationOptions | None = None  # the checked settings (image to image: the schedule it ran)
 
 
 def batches(requests: list[ImageRequest], options_of: Callable[[ImageRequest], GenerationOptions],
@@ -117,68 +126,82 @@ def batches(requests: list[ImageRequest], options_of: Callable[[ImageRequest], G
     return out
 
 
-def render(pipe, work: Work) -> Iterator[Rendered]:
-    """Run `work` through `pipe`'s stages; yield each batch, decoded, in order."""
+def render(pipe, work: Work, *, on_step: StepCallback | None = None, attention_backend=None,
+           quiet: bool = True) -> Iterator[Rendered]:
+    """Run `work` through `pipe`'s stages; yield each batch, decoded, in order.
+
+    Args:
+        on_step: called after every denoising step (see `StableDiffusion3.denoise`).
+        attention_backend: a context manager around each denoising (e.g. torch's `sdpa_kernel`).
+        quiet: no progress bar.
+    """
     life = pipe.lifecycle
-    with life.call(work.largest):
-        need = pipe.memory.activations(work.largest, life.context_tokens)  # bytes, for the memory checks
-        conditionings = _encode(pipe, work)  # 1. text -> conditioning (or the caller's)
-        starts = _starts(pipe, work, need["vae"])  # 2. the seeds' noise, the caller's latents, or the image noised
-        bar = tqdm(total=sum(b.options.steps for b in work.batches), desc="denoising", unit="step",
-                   disable=work.quiet, leave=False)
-
-        def on_step(step: int, steps: int, x: torch.Tensor) -> None:
-            bar.update()
-            if work.on_step is not None:
-                work.on_step(step, steps, x)
-
-        decode, finished = _decoder(pipe, work), []
-        with bar, life.stage("denoise", need["mmdit"]):
-            for batch, cond, (start, blend) in zip(work.batches, conditionings, starts):  # 3. denoise
+    call = life.start(work.largest)
+    need = pipe.memory.activations(work.largest, life.context_tokens)  # bytes, for the memory checks
+    vae_shift = work.edit is None or work.edit.mask is None or pipe.reference.inpaint_decode_shift
+    settings = dict(on_step=on_step, attention_backend=attention_backend, quiet=quiet)
+    try:
+        with life.using(call):
+            conditionings = _encode(pipe, work)  # 1. text -> conditioning (or the caller's)
+            starts = _starts(pipe, work, need["vae"])  # 2. the seeds' noise, the caller's latents, or the image noised
+        if call.keeping:  # 3, 4: denoise and decode each batch; the models stay loaded anyway
+            for batch, cond, (start, blend) in zip(work.batches, conditionings, starts):
+                with life.using(call):
+                    begin = time.perf_counter()
+                    latents = pipe.denoise(cond, start, batch.options, blend=blend, **settings)
+                    images = _decode(pipe, batch, latents, vae_shift)
+                yield Rendered(batch, latents, images, time.perf_counter() - begin)
+            return
+        finished = []
+        with life.using(call), life.hold("denoise", need["mmdit"]):  # 3. every batch, the MMDiT loaded once
+            for batch, cond, (start, blend) in zip(work.batches, conditionings, starts):
                 begin = time.perf_counter()
-                latents = pipe.denoise(cond, start, batch.options, on_step=on_step, blend=blend,
-                                       attention_backend=work.attention_backend)
+                latents = pipe.denoise(cond, start, batch.options, blend=blend, **settings)
                 finished.append((batch, latents, time.perf_counter() - begin))
-                if life.keeping:  # 4. decode at once: the models stay loaded anyway
-                    yield decode(*finished.pop())
-        if finished:  # 4. decode, staged: the MMDiT is freed first and the VAE loads once
-            with life.stage("decode", need["vae"]):
-                for done in finished:
-                    yield decode(*done)
+        call.pinned.add("vae")  # 4. decode once the MMDiT is freed; the VAE loads once for every batch
+        for batch, latents, seconds in finished:
+            with life.using(call):
+                begin = time.perf_counter()
+                images = _decode(pipe, batch, latents, vae_shift)
+            yield Rendered(batch, latents, images, seconds + time.perf_counter() - begin)
+    finally:
+        life.finish(call)
 
 
 def _encode(pipe, work: Work) -> list[Conditioning]:
-    """Each batch's conditioning, one row per image: each text group encoded in one pass."""
-    out: list[Conditioning | None] = [None] * len(work.batches)
-    with pipe.lifecycle.stage("encode") if work.conditioning is None else contextlib.nullcontext():
-        for group in work.text_groups:
-            requests = [r for i in group for r in work.batches[i].requests]
-            key = (lambda r: r.index) if work.text_per_image else (lambda r: r.text)
-            rows = {k: row for row, k in enumerate(dict.fromkeys(map(key, requests)))}  # key -> its row
-            encoded = work.conditioning
-            if encoded is None:
-                firsts = {key(r): r for r in reversed(requests)}  # each key's first request
-                texts = [firsts[k] for k in rows]
-                encoded = pipe.encode([r.prompt for r in texts], [r.negative_prompt for r in texts])
-            for i in group:
-                out[i] = encoded.rows([rows[key(r)] for r in work.batches[i].requests])
-    return out
+    """Each batch's conditioning, one row per image."""
+    if work.conditioning is not None:  # one row per prompt, in prompt order
+        return [work.conditioning.rows([r.prompt_index for r in b.requests]) for b in work.batches]
+    out = []
+    with pipe.lifecycle.hold("encode"):  # the encoders load once for every pass
+        if work.encode_per_batch:
+            for batch in work.batches:
+                out.append(pipe.encode([r.prompt for r in batch.requests], [r.negative_prompt for r in batch.requests]))
+            return out
+        texts = list(dict.fromkeys(r.text for r in work.requests))  # (prompt index, prompt, negative), in order
+        encoded = pipe.encode([t[1] for t in texts], [t[2] for t in texts])
+        return [encoded.rows([texts.index(r.text) for r in b.requests]) for b in work.batches]
 
 
 def _starts(pipe, work: Work, activation: int) -> list[tuple[torch.Tensor, img2img.Blend | None]]:
     """Each batch's start latents (b, 16, h, w) float32 and, when inpainting, its per-step blend."""
     if work.edit is None:
         return [(_noise(work, batch), None) for batch in work.batches]
+    encoded = {}  # the image through the VAE once per size, every seed at once: (x0, noise) by image index
+    with pipe.lifecycle.hold("encode_image", activation):
+        for size in dict.fromkeys((b.options.height, b.options.width) for b in work.batches):
+            requests = [r for b in work.batches if (b.options.height, b.options.width) == size for r in b.requests]
+            x0, noise = pipe.encode_image(work.edit.image, [r.seed for r in requests], height=size[0], width=size[1])
+            encoded.update({r.index: (x0[k], noise[k]) for k, r in enumerate(requests)})
     out = []
-    with pipe.lifecycle.stage("encode_image", activation):
-        for batch in work.batches:
-            opts = batch.options
-            x0, noise = pipe.encode_image(work.edit.image, batch.seeds, height=opts.height, width=opts.width)
-            blend = None
-            if work.edit.mask is not None:
-                mask = img2img.preprocess_mask(work.edit.mask, opts.height, opts.width)
-                blend = img2img.Blend(x0, noise, mask, opts.schedule)
-            out.append((img2img.noised(x0, noise, opts.schedule[0]), blend))
+    for batch in work.batches:
+        opts = batch.options
+        x0, noise = (torch.stack(part) for part in zip(*(encoded[r.index] for r in batch.requests)))
+        blend = None
+        if work.edit.mask is not None:
+            blend = img2img.Blend(x0, noise, img2img.preprocess_mask(work.edit.mask, opts.height, opts.width),
+                                  opts.schedule)
+        out.append((img2img.noised(x0, noise, opts.schedule[0]), blend))
     return out
 
 
@@ -190,14 +213,6 @@ def _noise(work: Work, batch: Batch) -> torch.Tensor:
     return work.latents[rows].float()
 
 
-def _decoder(pipe, work: Work) -> Callable[[Batch, torch.Tensor, float], Rendered]:
-    # diffusers' inpainting decodes without the VAE shift; the reference switch reproduces it
-    shift = work.edit is None or work.edit.mask is None or pipe.reference.inpaint_decode_shift
-
-    def decode(batch: Batch, latents: torch.Tensor, seconds: float) -> Rendered:
-        begin = time.perf_counter()
-        images = pipe.decode(latents, batch_size=batch.options.batch_size, tile_size=batch.options.tile_size,
-                             shift=shift)
-        return Rendered(batch, latents.cpu(), images, seconds + time.perf_counter() - begin)
-
-    return decode
+def _decode(pipe, batch: Batch, latents: torch.Tensor, vae_shift: bool) -> list[Image.Image]:
+    opts = batch.options
+    return pipe.decode(latents, batch_size=opts.batch_size, tile_size=opts.tile_size, vae_shift=vae_shift)

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 from tqdm.auto import tqdm
 
 from sd3.errors import ConfigurationError
 from sd3.sampling import checks, img2img, run
-from sd3.sampling.options import GenerationOptions
-from sd3.sampling.requests import ImageRequest, PromptItem, image_requests, settings_key
+from sd3.sampling.requests import ImageRequest, PromptItem, image_requests
 
 MAX_CHUNK = 256  # prompts per chunk at most: bounds the conditioning held between stages
 LOAD_SHARE = 0.1  # a staged run grows its chunks until loading is at most this share of the time
@@ -39,7 +38,7 @@ class ImageResult:
     prompt: str
     negative_prompt: str
     seed: int
-    settings: dict  # height, width, steps, cfg, shift, sampler, slg of this image (`describe`)
+    settings: dict  # height, width, steps, cfg, shift, sampler, slg of this image (`GenerationOptions.describe`)
     seconds: float  # this image's share of its batch's denoising and decoding time (loads excluded)
 
 
@@ -65,6 +64,7 @@ def generate_many(
     *,
     negative_prompt: str = "",
     seed: int = 0,
+    num_images: int = 1,
     batch_size: int = 1,
     chunk_size: int | None = None,
     stats: StreamStats | None = None,
@@ -78,12 +78,13 @@ def generate_many(
 
     Args:
         pipe: a `StableDiffusion3`.
-        prompts: strings (indexed by position), `PromptItem`s (their own index and overrides), or
-            `ImageRequest`s from `image_requests` (then `negative_prompt` and `seed` are theirs).
-        negative_prompt, seed: for every prompt whose item does not set its own.
-        batch_size: images denoised and decoded together (and, with their negative prompts, encoded).
-        chunk_size: prompts encoded together; None chooses (one batch when the models stay
-            resident, growing chunks when staged).
+        prompts: strings (indexed by position), `PromptItem`s (their own index and settings), or
+            `ImageRequest`s from `image_requests`, which carry their own negative prompt and seed.
+        negative_prompt, seed, num_images: for the prompts that are not `ImageRequest`s already;
+            a line's own negative prompt and seed win.
+        batch_size: images denoised and decoded together (and their texts encoded together).
+        chunk_size: images per chunk, whose models load once when staged; None chooses (one batch
+            when the models stay resident, growing chunks when staged).
         init_image, strength, mask: image to image and inpainting for every prompt, as for `generate()`.
         settings: `height`, `width`, `steps`, `cfg`, `shift`, `slg`, `sampler_name`, `tile_size`
             as for `generate()`; a prompt line's own settings win.
@@ -91,31 +92,25 @@ def generate_many(
     Raises:
         ConfigurationError: any prompt line or setting that cannot run, before any model loads.
     """
-    items = list(prompts)
+    items = [prompts] if isinstance(prompts, str) else list(prompts)
     requests = items if items and all(isinstance(p, ImageRequest) for p in items) else image_requests(
-        items, negative_prompt, seed=seed)
+        items, negative_prompt, seed=seed, num_images=num_images)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigurationError(f"`chunk_size` must be at least 1, got {chunk_size}")
-    edit = checks.edit(init_image, strength, mask)
-    options = {}  # every distinct setting is checked before anything loads
-    for request in requests:
-        if settings_key(request) not in options:
-            options[settings_key(request)] = request_options(pipe, request, settings, batch_size=batch_size,
-                                                             strength=edit and edit.strength)
+    work = checks.work(pipe, requests, {**settings, "batch_size": batch_size},
+                       edit=checks.edit(init_image, strength, mask), encode_per_batch=True)
     stats = stats if stats is not None else StreamStats()
-    batches = run.batches(requests, lambda request: options[settings_key(request)], batch_size)
-    largest = max(options.values(), key=lambda o: o.height * o.width * o.batch_size)
+    batches = list(work.batches)
     with tqdm(total=len(requests), desc="images", unit="image", disable=quiet) as bar:
         while batches:
-            staged = not pipe.lifecycle.keeps_models(largest)
-            size = chunk_size or _next_chunk_size(stats, staged, batch_size)
+            keeping = pipe.lifecycle.keeps_models(work.largest)
+            size = chunk_size or _next_chunk_size(stats, keeping, batch_size)
             chunk = [batches.pop(0)]
             while batches and sum(len(b.requests) for b in chunk) + len(batches[0].requests) <= size:
                 chunk.append(batches.pop(0))
             stats.chunks += 1
             stats.chunk_sizes.append(sum(len(b.requests) for b in chunk))
-            work = run.Work(chunk, [[i] for i in range(len(chunk))], text_per_image=True, edit=edit)  # batch by batch
-            for rendered in run.render(pipe, work):
+            for rendered in run.render(pipe, replace(work, batches=chunk)):
                 seconds = rendered.seconds / len(rendered.batch.requests)
                 stats.compute_seconds += rendered.seconds
                 for request, picture in zip(rendered.batch.requests, rendered.images):
@@ -123,28 +118,14 @@ def generate_many(
                     bar.update()
                     yield ImageResult(index=request.index, image=picture, prompt=request.prompt,
                                       negative_prompt=request.negative_prompt, seed=request.seed,
-                                      settings=describe(rendered.batch.options), seconds=seconds)
+                                      settings=rendered.batch.options.describe(), seconds=seconds)
             stats.load_seconds += pipe.lifecycle.timings.load
             stats.compute_seconds += pipe.lifecycle.timings.encode
 
 
-def request_options(pipe, request: ImageRequest, settings: dict, *, batch_size: int,
-                    strength: float | None = None) -> GenerationOptions:
-    """The checked options of one request: `settings` (as for `generate()`) with its own settings."""
-    return pipe.options(**{**settings, **request.settings}, batch_size=batch_size, strength=strength)
-
-
-def describe(opts: GenerationOptions) -> dict:
-    """The settings that make an image what it is, as JSON values (a manifest line's `settings`)."""
-    slg = None if opts.slg is None else {"scale": opts.slg.scale, "start": opts.slg.start, "end": opts.slg.end,
-                                         "layers": list(opts.slg.layers)}
-    return {"height": opts.height, "width": opts.width, "steps": opts.steps, "cfg": opts.cfg, "shift": opts.shift,
-            "sampler": opts.sampler, "slg": slg}
-
-
-def _next_chunk_size(stats: StreamStats, staged: bool, batch_size: int) -> int:
+def _next_chunk_size(stats: StreamStats, keeping: bool, batch_size: int) -> int:
     """Resident: one batch. Staged: enough images that one chunk's loads stay a tenth of its time."""
-    if not staged:
+    if keeping:
         return batch_size
     if not stats.images or not stats.load_seconds:
         return max(batch_size, 4)

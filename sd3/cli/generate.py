@@ -30,8 +30,8 @@ from sd3.jobs.distributed import Rank
 from sd3.jobs.images import check_image_path, image_parameters, save_image
 from sd3.lora import load_lora
 from sd3.sampling import img2img
+from sd3.sampling.checks import DEFAULT_STRENGTH
 from sd3.sampling import FILE_NAMES, REFERENCES, SAMPLERS, VARIANTS, GenerationOptions, Reference, StableDiffusion3
-from sd3.sampling.stream import describe
 
 AUTO_BATCH_CAP = 8
 
@@ -62,7 +62,7 @@ CANDLE_PROMPT = (
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="sd3 generate", description=__doc__.split("\n")[0])
     # Candle's flags, same names and defaults.
     p.add_argument("--prompt", default=CANDLE_PROMPT)
     p.add_argument("--uncond-prompt", default="", help="the negative prompt")
@@ -217,11 +217,11 @@ def one_call(args, sd3, reference, options, settings, latents, edit) -> None:
     image, mask = edit
     result = sd3.generate(args.prompt, args.uncond_prompt, sampler_name=args.sampler, latents=latents,
                           quiet=args.quiet, init_image=image, strength=args.strength, mask=mask, **settings)
-    recorded = {**describe(result.options), "which": args.which,
+    recorded = {**result.options.describe(), "which": args.which,
                 "reference": reference.name, "loras": many_images.lora_records(sd3.loras)}
     if image is not None:
         recorded.update(init_image=Path(args.init_image).name, mask=Path(args.mask).name if args.mask else None,
-                        strength=0.6 if args.strength is None else args.strength)
+                        strength=DEFAULT_STRENGTH if args.strength is None else args.strength)
     if args.save_latents:
         from safetensors.torch import save_file
 

@@ -53,7 +53,7 @@ def a1111_text(parameters: dict) -> str:
 
 def image_parameters(request, settings: dict) -> dict:
     """What an image file records: its request's prompt, negative prompt and seed (an `ImageRequest`
-    or `ImageResult`), and `settings`: the image's own (`sd3.sampling.stream.describe`'s names: height,
+    or `ImageResult`), and `settings`: the image's own (`GenerationOptions.describe`'s names: height,
     width, steps, cfg, shift, sampler, slg, the names the manifest uses) with the run's (`which`,
     `reference`, `loras`; `strength`, `init_image`, `mask` for image to image)."""
     return {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,

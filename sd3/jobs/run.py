@@ -21,7 +21,8 @@ from sd3.jobs.distributed import Rank
 from sd3.jobs.images import image_parameters, save_image
 from sd3.jobs.manifest import ManifestWriter, check_output_dir, merge, read_records, verified
 from sd3.sampling.requests import ImageRequest, settings_key
-from sd3.sampling.stream import StreamStats, describe, request_options
+from sd3.sampling.checks import request_options
+from sd3.sampling.stream import StreamStats
 
 COMPARED = ("prompt", "negative_prompt", "seed", "settings")  # what must match for a record to count as done
 
@@ -63,8 +64,8 @@ class Job:
         `described` caches the settings per distinct line override, so a resume resolves each once."""
         key = settings_key(request)
         if key not in described:
-            opts = request_options(pipe, request, self.generation, batch_size=self.batch_size)
-            described[key] = {**self.settings, **describe(opts)}
+            opts = request_options(pipe, request, {**self.generation, "batch_size": self.batch_size})
+            described[key] = {**self.settings, **opts.describe()}
         return {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
                 "settings": described[key]}
 
@@ -82,9 +83,13 @@ class Job:
             want = self.expected(pipe, request, described)
             changed = [k for k in COMPARED if record.get(k) != want[k]]
             if changed and not self.overwrite:
+                was, now = record, want
+                if changed[0] == "settings":  # name the setting itself
+                    was, now = record.get("settings") or {}, want["settings"]
+                    changed = [k for k in sorted({*was, *now}) if was.get(k) != now.get(k)]
                 raise ConfigurationError(
                     f"`output_dir` {self.folder} holds image {request.index} made with a different {changed[0]} "
-                    f"({record.get(changed[0])!r}, now {want[changed[0]]!r}); use another folder, or "
+                    f"({was.get(changed[0])!r}, now {now.get(changed[0])!r}); use another folder, or "
                     "`overwrite=True` to make such images again"
                 )
             if not changed:

@@ -72,7 +72,12 @@ def test_images_are_named_by_index_and_each_has_a_verified_manifest_line(referen
         assert {"which", "dtype", "reference", "height", "width", "steps", "cfg", "shift", "sampler"} <= set(r["settings"])
     assert records[3]["seed"] == 1003 and records[4]["seed"] == 3 + 4  # a line's own seed, else seed + index
     assert records[1]["settings"]["cfg"] == 2.5 and records[2]["settings"]["cfg"] == 4.0
-    assert json.loads(Image.open(out / "00005.png").text["sd3"])["seed"] == records[5]["seed"]
+    for r in records:  # the PNG and the manifest speak with one set of names
+        recorded = json.loads(Image.open(out / r["file"]).text["sd3"])
+        texts = ("prompt", "negative_prompt", "seed", "index")
+        assert {k: recorded[k] for k in texts} == {k: r[k] for k in texts}
+        assert {k: v for k, v in recorded.items() if k not in texts} == {k: v for k, v in r["settings"].items()
+                                                                        if k != "loras" or v}
     assert not list(out.glob(".*tmp")) and not list(out.glob("manifest.rank*"))
 
 
@@ -96,7 +101,7 @@ def test_a_changed_setting_is_refused_unless_overwrite(tiny, reference_run, tmp_
     capsys.readouterr()
     assert generate.main(command(tiny, prompts, out, "--cfg-scale", "6")) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "holds image 0 made with a different settings" in err[0] and "--overwrite" in err[0]
+    assert len(err) == 1 and "holds image 0 made with a different cfg (4.0, now 6.0)" in err[0] and "--overwrite" in err[0]
     assert images(out) == images(reference)
     assert generate.main(command(tiny, prompts, out, "--cfg-scale", "6", "--overwrite")) == 0
     assert manifest(out)[0]["settings"]["cfg"] == 6.0 and images(out)["00000.png"] != images(reference)["00000.png"]

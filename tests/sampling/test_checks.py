@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sd3 import ConfigurationError, ModelLoadingError, SkipLayerGuidanceConfig, StableDiffusion3
-from sd3.sampling import sigmas
+from sd3.sampling import explicit_sigmas, sigmas
+from sd3.sampling.samplers import sampler
 from tests.lora.test_lora import kohya_lora
 
 ARGS = dict(height=32, width=48, steps=2, cfg=4.0, quiet=True)
@@ -57,8 +58,18 @@ def test_a_lora_that_does_not_fit_is_refused_when_added(watched, tiny, tmp_path)
     assert loaded == [] and pipe.loras == []
 
 
-def test_one_condition_one_exception_type(files):
+@pytest.mark.parametrize(
+    "low_level, settings, message",
+    [
+        (lambda: sigmas("candle", 0), dict(steps=0), "`steps` must be at least 1"),
+        (lambda: sigmas("candle", 4, -1.0), dict(shift=-1.0), "`shift` must be positive"),
+        (lambda: sampler("heun"), dict(sampler_name="heun"), "unknown `sampler_name` 'heun'"),
+        (lambda: explicit_sigmas([0.5, 0.7]), dict(sigmas=[0.5, 0.7]), "`sigmas` must decrease strictly"),
+    ],
+)
+def test_one_condition_one_exception_type(files, low_level, settings, message):
+    """The building blocks and the pipeline refuse a value with the same type and words."""
     pipe = StableDiffusion3(files)
-    for check in (lambda: sigmas("candle", 0), lambda: pipe.options(steps=0, cfg=4.0)):
-        with pytest.raises(ConfigurationError, match="`steps` must be at least 1"):
+    for check in (low_level, lambda: pipe.options(height=32, width=32, cfg=4.0, **{"steps": 2, **settings})):
+        with pytest.raises(ConfigurationError, match=message):
             check()
