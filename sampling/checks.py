@@ -82,6 +82,12 @@ def check_conditioning(pipe, conditioning: Conditioning) -> None:
         )
 
 
+def check_callback(pipe, on_step) -> None:
+    """Refuse, before anything loads, a step preview whose decoder this pipeline has no file for."""
+    if getattr(on_step, "model", None) == "taesd" and pipe.files.taesd is None:
+        raise ConfigurationError('a `taesd` preview needs a TAESD3 file: give `files["taesd"]`')
+
+
 def edit(init_image, strength: float | None, mask) -> run.Edit | None:
     """Image to image's inputs, opened and checked (sampling/img2img.py), or None without an image."""
     image, mask_image = img2img.check_inputs(init_image, strength, mask)

@@ -38,10 +38,11 @@ class ModelFiles:
     clip_l_tokenizer: Path
     clip_g_tokenizer: Path
     t5_tokenizer: Path | None
+    taesd: Path | None = None  # TAESD3, for previews and fast decoding (a local file only; vae/taesd.py)
 
 
 FILE_NAMES = tuple(f.name for f in fields(ModelFiles))
-_OPTIONAL = ("t5xxl", "t5_tokenizer")  # None here means: run without T5
+_OPTIONAL = ("t5xxl", "t5_tokenizer", "taesd")  # None here means: run without T5 / without TAESD3
 
 
 def resolve(
@@ -139,4 +140,5 @@ def model_files(
         clip_l_tokenizer=tokenizer("clip_l_tokenizer", "clip_l"),
         clip_g_tokenizer=tokenizer("clip_g_tokenizer", "clip_g"),
         t5_tokenizer=None if without_t5 else tokenizer("t5_tokenizer", "t5"),
+        taesd=resolve(files["taesd"], HubFile("", ""), name="taesd") if files.get("taesd") else None,
     )

@@ -59,6 +59,9 @@ STAGES = {
                      'use `dtype="bfloat16"`, a smaller `height`/`width` or `batch_size=1`', "denoise"),
     "decode": Stage(("vae",), "decoding", 'use `batch_size=1`, `dtype="bfloat16"` or a smaller `height`/`width`',
                     "decode"),
+    # Step previews (sampling/previews.py): the decoder they lend sits beside the MMDiT while it denoises.
+    "preview_taesd": Stage(("taesd",), "preview decoding", "use the `proj` preview", "denoise"),
+    "preview_vae": Stage(("vae",), "preview decoding", "use the `taesd` or `proj` preview", "denoise"),
 }
 
 
@@ -98,6 +101,7 @@ class ModelLifecycle:
             as without T5).
         prepare: model name -> a function applied once after loading (e.g. `torch.compile`).
         context_tokens: text tokens of the conditioning (77 + the T5 length), for activations.
+        stages: stage name -> `Stage` (default `STAGES`; a pipeline decoding with TAESD3 changes "decode").
     """
 
     def __init__(
@@ -108,8 +112,9 @@ class ModelLifecycle:
         loaders: Mapping[str, Callable[[], nn.Module]],
         prepare: Mapping[str, Callable[[nn.Module], nn.Module]],
         context_tokens: int,
+        stages: Mapping[str, Stage] = STAGES,
     ) -> None:
-        self.models, self.memory, self.keep = models, memory, keep
+        self.models, self.memory, self.keep, self.stages = models, memory, keep, stages
         self.loaders, self.prepare, self.context_tokens = loaders, prepare, context_tokens
         self.current: Call | None = None  # the call the code now running belongs to
         self.timings = Timings()  # the last call's
@@ -166,7 +171,7 @@ class ModelLifecycle:
         if name in call.holds:
             yield call.holds[name]
             return
-        stage = STAGES[name]
+        stage = self.stages[name]
         names = [model for model in stage.models if model in self.loaders]
         self._make_room(stage, names, activation)
         models: dict[str, nn.Module] = {}
@@ -190,7 +195,7 @@ class ModelLifecycle:
             try:
                 yield models
             finally:
-                clock = STAGES[name].clock
+                clock = self.stages[name].clock
                 setattr(call.timings, clock, getattr(call.timings, clock) + time.perf_counter() - start)
 
     def _make_room(self, stage: Stage, names: list[str], activation: int) -> None:

@@ -74,7 +74,7 @@ class StageMemory:
         self.dtype, self.device, self.reference, self.hidden_size = dtype, device, reference, hidden_size
         parts = {"clip_l": (files.clip_l, clip.CLIP_L_PREFIX), "clip_g": (files.clip_g, clip.CLIP_G_PREFIX),
                  "t5": (files.t5xxl, clip.T5_PREFIX), "mmdit": (files.checkpoint, mmdit.PREFIX),
-                 "vae": (files.vae, vae_lib.PREFIX)}
+                 "vae": (files.vae, vae_lib.PREFIX), "taesd": (files.taesd, "")}
         self.weights = {}  # name -> bytes
         for name, (path, prefix) in parts.items():
             if path is not None:

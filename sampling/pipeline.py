@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -33,20 +34,22 @@ from sd3.devices import default_dtype, describe, resolve_device, resolve_dtype
 from sd3.errors import ConfigurationError, SamplingError
 from sd3.lora import LoRA, load_lora
 from sd3.sampling import checks, img2img, memory, run, stream
+from sd3.sampling.components import Components
 from sd3.sampling.conditioning import Conditioning
 from sd3.sampling.guidance import GuidedVelocity, SkipLayerGuidanceConfig
 from sd3.sampling.hub import ModelFiles, model_files
 from sd3.sampling.img2img import ImageLike
-from sd3.sampling.lifecycle import ModelLifecycle
+from sd3.sampling.lifecycle import STAGES, ModelLifecycle
 from sd3.sampling.options import GenerationOptions, check_tile_size
 from sd3.sampling.reference import Reference
 from sd3.sampling.requests import prompt_lists
 from sd3.sampling.residency import ResidentModels, check_keep
 from sd3.sampling.run import GenerationResult
-from sd3.sampling.samplers import StepCallback, sampler
+from sd3.sampling.samplers import StepCallback, sampler, step_callback
 from sd3.sampling.variants import Variant, variant as variant_named
 
 logger = logging.getLogger(__name__)
+DECODERS = {"vae": "vae", "taesd3": "taesd"}  # what decodes the final images -> the model that does it
 
 
 class StableDiffusion3:
@@ -63,6 +66,7 @@ class StableDiffusion3:
         keep: str = "auto",
         on_load: Callable[[str, nn.Module], None] | None = None,
         compile: bool = False,
+        decoder: str = "vae",
     ) -> None:
         """Most callers want `from_variant`; this builds a pipeline from files already on disk.
 
@@ -77,8 +81,14 @@ class StableDiffusion3:
             on_load: `on_load(name, module)` once per actual load ("clip_l", "clip_g", "t5",
                 "mmdit", "vae"): a place for forward hooks or adapters.
             compile: run the MMDiT through `torch.compile` (the first step then includes compilation).
+            decoder: what decodes the final images: "vae", or "taesd3", the tiny autoencoder
+                (`files.taesd`; far faster, less detail: vae/taesd.py).
         """
-        self.files = files
+        if decoder not in DECODERS:
+            raise ConfigurationError(f"unknown `decoder` '{decoder}'; choose one of {', '.join(DECODERS)}")
+        if decoder == "taesd3" and files.taesd is None:
+            raise ConfigurationError('`decoder="taesd3"` needs a TAESD3 file: give `files["taesd"]`')
+        self.files, self.decoder = files, decoder
         self.variant = variant_named(variant) if variant is not None else None
         self.reference = Reference.named(reference or "default")
         self.keep = check_keep(keep)
@@ -88,14 +98,14 @@ class StableDiffusion3:
         self.loras: list[tuple] = []  # (LoRA, scale, merge, strict), applied to each model as it loads
         self._user_on_load = on_load or (lambda name, module: None)
         self.models = ResidentModels(self.device, self._adapt)
-        self._tokenizers: dict[str, object] = {}
-        self._meta: dict[str, nn.Module] | None = None  # the architectures, for checks (`_architectures`)
+        self.components = Components(files, self.dtype, self.reference)
         with open_checkpoint(files.checkpoint) as checkpoint:
             self.mmdit_config = mmdit.Config.from_state_dict(checkpoint.component(mmdit.PREFIX).shapes())
         self.memory = memory.StageMemory(files, self.dtype, self.device, self.reference, self.mmdit_config.hidden_size)
         self.lifecycle = ModelLifecycle(
-            self.models, self.memory, self.keep, self._loaders(self.device), {"mmdit": torch.compile} if compile else {},
+            self.models, self.memory, self.keep, self.components.loaders(self.device), {"mmdit": torch.compile} if compile else {},
             context_tokens=77 + (0 if files.t5xxl is None else self.reference.t5_length),
+            stages={**STAGES, "decode": replace(STAGES["decode"], models=(DECODERS[decoder],))},
         )
 
     @classmethod
@@ -112,6 +122,7 @@ class StableDiffusion3:
         cache_dir: str | None = None,
         on_load: Callable[[str, nn.Module], None] | None = None,
         compile: bool = False,
+        decoder: str = "vae",
     ) -> StableDiffusion3:
         """A pipeline for one of the four variants, its files from the Hub cache (downloaded once).
 
@@ -120,7 +131,7 @@ class StableDiffusion3:
             files: local files overriding the Hub's, by name: `checkpoint`, `clip_l`, `clip_g`,
                 `t5xxl`, `vae`, `clip_l_tokenizer`, `clip_g_tokenizer`, `t5_tokenizer`.
                 `{"t5xxl": None}` runs without T5 (zeros in its place; saves ~10 GB).
-            device, dtype, keep, reference, on_load, compile: as for the constructor.
+            device, dtype, keep, reference, on_load, compile, decoder: as for the constructor.
             revision, cache_dir: the Hub revision of the model repositories and the cache folder.
 
         `generate()` then defaults to the variant's settings (Candle's): 28 steps at cfg 4.0, or 4
@@ -136,21 +147,7 @@ class StableDiffusion3:
             resolve_dtype(dtype)
         resolved = model_files(chosen, files, revision=revision, cache_dir=cache_dir)
         return cls(resolved, variant=chosen, reference=reference, dtype=dtype, device=device, keep=keep,
-                   on_load=on_load, compile=compile)
-
-    def _loaders(self, device: torch.device) -> dict[str, Callable[[], nn.Module]]:
-        files, dtype = self.files, self.dtype
-        loaders = {
-            "clip_l": lambda: clip.load_clip_l(files.clip_l, dtype=dtype, device=device),
-            "clip_g": lambda: clip.load_clip_g(files.clip_g, dtype=dtype, device=device,
-                                               hidden_act=self.reference.clip_g_gelu),
-            "t5": lambda: clip.load_t5(files.t5xxl, dtype=dtype, device=device),
-            "mmdit": lambda: mmdit.load_mmdit(files.checkpoint, dtype=dtype, device=device),
-            "vae": lambda: vae_lib.load_vae(files.vae, dtype=dtype, device=device),
-        }
-        if files.t5xxl is None:
-            del loaders["t5"]
-        return loaders
+                   on_load=on_load, compile=compile, decoder=decoder)
 
     # -- adapters --------------------------------------------------------------------------------
     def add_lora(self, path, scale: float = 1.0, *, merge: bool = True, strict: bool = True) -> LoRA:
@@ -158,17 +155,11 @@ class StableDiffusion3:
         pipeline's models: now to those loaded, at load to the rest. Returns the LoRA (its `sha256`).
         `merge=False` keeps the weights untouched and adds the delta at forward time (docs/lora.md)."""
         lora = path if isinstance(path, LoRA) else load_lora(path)
-        lora.check(self._architectures(), strict)  # every module against this checkpoint: nothing loads
+        lora.check(self.components.architectures(), strict)  # every module against this checkpoint: nothing loads
         self.loras.append((lora, scale, merge, strict))
         for name, module in self.models.models.items():
             lora.apply({name: module}, scale, merge=merge, strict=strict, only=name)
         return lora
-
-    def _architectures(self) -> dict[str, nn.Module]:
-        """The models a LoRA can adapt, on the `meta` device: built from the file headers, no weight read."""
-        if self._meta is None:
-            self._meta = {name: load() for name, load in self._loaders(torch.device("meta")).items() if name != "vae"}
-        return self._meta
 
     def _adapt(self, name: str, module: nn.Module) -> None:
         for lora, scale, merge, strict in self.loras:
@@ -204,26 +195,16 @@ class StableDiffusion3:
         All 2n texts go through the encoders in one batch, prompts first (sampling/run.py says why
         that is fixed). Without T5 its rows are zeros."""
         prompts, negative_prompts = prompt_lists(prompts, negative_prompts)
+        tokenizers = self.components.tokenizers()
         with self.lifecycle.stage("encode") as models:
             encoder = clip.TripleTextEncoder(
-                models["clip_l"], self._tokenizer("clip_l"), models["clip_g"], self._tokenizer("clip_g"),
-                models.get("t5"), self._tokenizer("t5"), t5_length=self.reference.t5_length,
+                models["clip_l"], tokenizers["clip_l"], models["clip_g"], tokenizers["clip_g"],
+                models.get("t5"), tokenizers["t5"], t5_length=self.reference.t5_length,
                 context_dim=self.mmdit_config.context_dim,
             )
             context, y = encoder.encode(prompts + negative_prompts)
         n = len(prompts)
         return Conditioning(context[:n], y[:n], context[n:], y[n:])
-
-    def _tokenizer(self, name: str):
-        ref, files = self.reference, self.files
-        if not self._tokenizers:
-            self._tokenizers = {
-                "clip_l": clip.CLIPTokenizer(files.clip_l_tokenizer, pad_token=ref.clip_l_pad),
-                "clip_g": clip.CLIPTokenizer(files.clip_g_tokenizer, pad_token=ref.clip_g_pad),
-                "t5": clip.T5Tokenizer(files.t5_tokenizer, max_length=ref.t5_length, truncate=ref.t5_truncate)
-                if files.t5xxl is not None else None,
-            }
-        return self._tokenizers[name]
 
     def encode_image(self, image: ImageLike, seeds: list[int], *, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image to image's start: the image, resized to height x width, through the VAE encoder.
@@ -247,6 +228,7 @@ class StableDiffusion3:
         blend: img2img.Blend | None = None,
         attention_backend=None,
         quiet: bool = True,
+        indices: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Start latents (n, 16, h, w) -> final latents (n, 16, h, w) float32 on the CPU, over
         `options.schedule` (from `options()`), in batches of `options.batch_size`.
@@ -254,9 +236,12 @@ class StableDiffusion3:
         Args:
             conditioning: one row per image (`conditioning.rows` repeats a prompt's).
             latents: where the schedule starts: noise for σ = 1, or a noised image (img2img).
-            on_step: `on_step(step, steps, latents)` after every step.
+            on_step: called with a `Step` (sampling/samplers.py: σ, the latents, the predicted x0,
+                the velocity) after every step; `on_step(step, steps, latents)` still works. A
+                `Preview` (sampling/previews.py) that decodes with TAESD3 or the VAE is lent it.
             blend: inpainting's replacement of the kept area after every step (sampling/img2img.py).
             attention_backend: a context manager around it (e.g. torch's `sdpa_kernel`).
+            indices: the images' indices, for `Step.indices` (default 0 .. n - 1).
 
         Raises:
             ConfigurationError: latents and conditioning of different lengths, or latents not of
@@ -267,6 +252,7 @@ class StableDiffusion3:
             raise ConfigurationError("`options` must come from pipe.options(...), which checks them")
         if not isinstance(conditioning, Conditioning) or not isinstance(latents, torch.Tensor):
             raise ConfigurationError("denoise() takes a `conditioning` from encode() and `latents` as a tensor")
+        checks.check_callback(self, on_step)
         n, shape = len(conditioning), (16, options.height // 8, options.width // 8)
         if tuple(latents.shape) != (n, *shape):
             raise ConfigurationError(f"`latents` must be {(n, *shape)}: one per `conditioning` row, at the size of "
@@ -275,14 +261,15 @@ class StableDiffusion3:
         ref, schedule, sample = self.reference, options.schedule.to(self.device), sampler(options.sampler)
         batches = range(0, n, options.batch_size)
         bar = tqdm(total=options.steps * len(batches), desc="denoising", unit="step", disable=quiet, leave=False)
+        callback, indices = step_callback(on_step), list(range(n)) if indices is None else list(indices)
 
-        def after_step(step: int, steps: int, x: torch.Tensor) -> None:
+        def after_step(step) -> None:
             bar.update()
-            if on_step is not None:
-                on_step(step, steps, x)
+            if callback is not None:
+                callback(step)
 
         outputs = []
-        with self.lifecycle.stage("denoise", activation) as models, torch.no_grad(), bar, \
+        with self.lifecycle.stage("denoise", activation) as models, self._lend(on_step), torch.no_grad(), bar, \
                 attention_backend or contextlib.nullcontext():
             for first in batches:
                 part = slice(first, first + options.batch_size)
@@ -292,7 +279,8 @@ class StableDiffusion3:
                 )
                 x = latents[part].to(self.device, torch.float32)
                 outputs.append(sample(velocity, x, schedule, round_to=self.dtype if ref.round_latents else None,
-                                      on_step=after_step, after_step=blend.part(part, self.device) if blend else None).cpu())
+                                      on_step=after_step, after_step=blend.part(part, self.device) if blend else None,
+                                      indices=indices[part]).cpu())
         final = torch.cat(outputs)
         if not torch.isfinite(final).all():
             raise SamplingError(
@@ -324,9 +312,27 @@ class StableDiffusion3:
         with self.lifecycle.stage("decode", activation) as models, torch.no_grad():
             for first in range(0, latents.shape[0], batch_size):
                 part = latents[first : first + batch_size].to(self.device)
-                images += vae_lib.to_pil(vae_lib.decode_latents(models["vae"], part, tile_size=tile_size,
-                                                                shift=vae_shift))
+                if self.decoder == "taesd3":  # model-space latents straight in (vae/taesd.py)
+                    images += vae_lib.to_pil(models["taesd"].decode(part))
+                else:
+                    images += vae_lib.to_pil(vae_lib.decode_latents(models["vae"], part, tile_size=tile_size,
+                                                                    shift=vae_shift))
         return images
+
+    @contextlib.contextmanager
+    def _lend(self, on_step):
+        """A `Preview` that decodes with a model gets it for the denoising, through the lifecycle."""
+        model = getattr(on_step, "model", None)
+        if model is None:
+            yield
+            return
+        with self.lifecycle.hold(f"preview_{model}") as models:
+            decoder = models[model]
+            on_step.decoder = decoder.decode if model == "taesd" else (lambda x0: vae_lib.decode_latents(decoder, x0))
+            try:
+                yield
+            finally:
+                on_step.decoder = None  # the preview does not keep the model alive
 
     # -- the whole call --------------------------------------------------------------------------
     def generate(
@@ -365,7 +371,8 @@ class StableDiffusion3:
             sigmas: an explicit schedule, from at most 1 down to 0 (overrides steps and shift).
             latents: initial noise (n, 16, h/8, w/8) or (1, ...) for every image, instead of seeds.
             tile_size: decode in tiles of this many latent pixels.
-            on_step: `on_step(step, steps, latents)` after every step.
+            on_step: called with a `Step` after every step (σ, latents, predicted x0, velocity; see
+                `denoise`), e.g. a `Preview`; `on_step(step, steps, latents)` still works.
             attention_backend: a context manager around denoising (e.g. torch's `sdpa_kernel`).
             quiet: no progress bar.
             init_image: image to image (a PIL image, a path, or a (1, 3, H, W) tensor in [0, 1]),
@@ -383,6 +390,7 @@ class StableDiffusion3:
                           seed=seed, num_images=num_images, batch_size=batch_size, slg=slg, sampler_name=sampler_name,
                           sigmas=sigmas, latents=latents, tile_size=tile_size, init_image=init_image,
                           strength=strength, mask=mask, conditioning=conditioning)
+        checks.check_callback(self, on_step)
         # encode, start latents, denoise, decode (sampling/run.py)
         rendered = list(run.render(self, work, on_step=on_step, attention_backend=attention_backend, quiet=quiet))
         requests = work.requests

@@ -47,6 +47,10 @@ class Batch:
     def seeds(self) -> list[int]:
         return [r.seed for r in self.requests]
 
+    @property
+    def indices(self) -> list[int]:
+        return [r.index for r in self.requests]
+
 
 @dataclass
 class Edit:
@@ -148,7 +152,7 @@ def render(pipe, work: Work, *, on_step: StepCallback | None = None, attention_b
             for batch, cond, (start, blend) in zip(work.batches, conditionings, starts):
                 with life.using(call):
                     begin = time.perf_counter()
-                    latents = pipe.denoise(cond, start, batch.options, blend=blend, **settings)
+                    latents = pipe.denoise(cond, start, batch.options, blend=blend, indices=batch.indices, **settings)
                     images = _decode(pipe, batch, latents, vae_shift)
                 yield Rendered(batch, latents, images, time.perf_counter() - begin)
             return
@@ -156,7 +160,7 @@ def render(pipe, work: Work, *, on_step: StepCallback | None = None, attention_b
         with life.using(call), life.hold("denoise", need["mmdit"]):  # 3. every batch, the MMDiT loaded once
             for batch, cond, (start, blend) in zip(work.batches, conditionings, starts):
                 begin = time.perf_counter()
-                latents = pipe.denoise(cond, start, batch.options, blend=blend, **settings)
+                latents = pipe.denoise(cond, start, batch.options, blend=blend, indices=batch.indices, **settings)
                 finished.append((batch, latents, time.perf_counter() - begin))
         call.pinned.add("vae")  # 4. decode once the MMDiT is freed; the VAE loads once for every batch
         for batch, latents, seconds in finished:

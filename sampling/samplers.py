@@ -6,15 +6,70 @@ the schedule's last sigma (0). Legend: b batch, c latent channels, h w latent si
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from sd3.errors import ConfigurationError
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-StepCallback = Callable[[int, int, torch.Tensor], None]  # (step, steps, latents after it)
 AfterStep = Callable[[int, torch.Tensor], torch.Tensor]  # (step index, latents) -> latents (inpainting's blend)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one sampler step saw and did, handed to `on_step` right after it.
+
+    Rectified flow (arXiv 2403.03206, §2) puts the latents at x_σ = (1 − σ) x0 + σ ε and the model
+    predicts the velocity v = ε − x0, so its view of the clean image is x0 = x_σ − σ v.
+
+    Attributes:
+        step: the step just taken, 1 .. `steps`; steps: the schedule's number of steps.
+        sigma: the σ the model was evaluated at (the step's start), in [0, 1] (1 is pure noise).
+        sigma_next: the σ the latents are at now.
+        latents: (b, 16, h, w) float32, model space, after the step (rounded or blended as the
+            reference and inpainting say).
+        x0: (b, 16, h, w) float32, model space: the clean latents the model predicts from the
+            step's start, x − σ v; decode it to see what the model is drawing.
+        velocity: (b, 16, h, w) float32: the guided velocity v (after CFG and SLG) the step used.
+        indices: each row's image index: its global index in `generate()` and `generate_many()`.
+    """
+
+    step: int
+    steps: int
+    sigma: float
+    sigma_next: float
+    latents: torch.Tensor
+    x0: torch.Tensor
+    velocity: torch.Tensor
+    indices: tuple[int, ...]
+
+
+StepCallback = Callable[[Step], None]
+
+
+def step_callback(fn: Callable | None) -> StepCallback | None:
+    """`fn` as a callback of one `Step`. One written for the old signature `fn(step, steps, latents)`
+    (three positional parameters) is wrapped, so it keeps working."""
+    if fn is None:
+        return None
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the documented form
+        return fn
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return lambda step: fn(step.step, step.steps, step.latents)
+    return fn
+
+
+def _report(on_step: StepCallback | None, i: int, sigmas: torch.Tensor, x: torch.Tensor, x0: torch.Tensor,
+            v: torch.Tensor, indices: Sequence[int] | None) -> None:
+    if on_step is not None:
+        rows = tuple(indices) if indices is not None else tuple(range(x.shape[0]))
+        on_step(Step(i + 1, len(sigmas) - 1, float(sigmas[i]), float(sigmas[i + 1]), x, x0, v, rows))
 
 
 def euler(
@@ -25,6 +80,7 @@ def euler(
     round_to: torch.dtype | None = None,
     on_step: StepCallback | None = None,
     after_step: AfterStep | None = None,
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """x <- x + v * (sigma_next - sigma): the flow ODE's Euler step (arXiv 2403.03206, eq. 1).
 
@@ -32,17 +88,19 @@ def euler(
         round_to: round the latents to this dtype after every step, as diffusers does with the
             model's dtype; None keeps them float32 throughout, as Stability does.
         after_step: replaces the latents after step i (inpainting's blend, sampling/img2img.py).
+        on_step: called with a `Step` after every step (`on_step(step, steps, latents)` works too);
+            indices: the rows' image indices for it.
     """
-    steps = len(sigmas) - 1
+    steps, on_step = len(sigmas) - 1, step_callback(on_step)
     for i in range(steps):
         v = velocity(x, sigmas[i], i)
+        x0 = x - sigmas[i] * v if on_step is not None else None
         x = x + (sigmas[i + 1] - sigmas[i]) * v
         if round_to is not None:
             x = x.to(round_to).float()
         if after_step is not None:
             x = after_step(i, x)
-        if on_step is not None:
-            on_step(i + 1, steps, x)
+        _report(on_step, i, sigmas, x, x0, v, indices)
     return x
 
 
@@ -54,6 +112,7 @@ def dpmpp_2m(
     round_to: torch.dtype | None = None,
     on_step: StepCallback | None = None,
     after_step: AfterStep | None = None,
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al., arXiv 2211.01095, Alg. 2) on the denoised prediction x0 = x - sigma v.
 
@@ -62,11 +121,11 @@ def dpmpp_2m(
     otherwise the second-order blend (1 + 1/(2r)) x0 - 1/(2r) x0_previous, r = h_previous / h.
     As Stability's sd3_impls.py `sample_dpmpp_2m` applies it to SD3.
     """
-    steps = len(sigmas) - 1
-    previous = None
+    steps, on_step, previous = len(sigmas) - 1, step_callback(on_step), None
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = x - sigma * velocity(x, sigma, i)
+        v = velocity(x, sigma, i)
+        denoised = x - sigma * v
         if sigma_next == 0:
             x = denoised
         else:
@@ -81,8 +140,7 @@ def dpmpp_2m(
             x = x.to(round_to).float()
         if after_step is not None:
             x = after_step(i, x)
-        if on_step is not None:
-            on_step(i + 1, steps, x)
+        _report(on_step, i, sigmas, x, denoised, v, indices)
     return x
 
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from sd3.errors import ConfigurationError
 from sd3.sampling import checks, img2img, run
 from sd3.sampling.requests import ImageRequest, PromptItem, image_requests
+from sd3.sampling.samplers import StepCallback
 
 MAX_CHUNK = 256  # prompts per chunk at most: bounds the conditioning held between stages
 LOAD_SHARE = 0.1  # a staged run grows its chunks until loading is at most this share of the time
@@ -72,6 +73,7 @@ def generate_many(
     init_image: img2img.ImageLike | None = None,
     strength: float | None = None,
     mask: img2img.ImageLike | None = None,
+    on_step: StepCallback | None = None,
     **settings,
 ) -> Iterator[ImageResult]:
     """Yield one `ImageResult` per image as soon as it is decoded (in index order within a chunk).
@@ -86,6 +88,8 @@ def generate_many(
         chunk_size: images per chunk, whose models load once when staged; None chooses (one batch
             when the models stay resident, growing chunks when staged).
         init_image, strength, mask: image to image and inpainting for every prompt, as for `generate()`.
+        on_step: called after every denoising step of every batch, as for `generate()`; a `Step`'s
+            `indices` say which images (a `Preview` keeps one set of frames per image).
         settings: `height`, `width`, `steps`, `cfg`, `shift`, `slg`, `sampler_name`, `tile_size`
             as for `generate()`; a prompt line's own settings win.
 
@@ -99,6 +103,7 @@ def generate_many(
         raise ConfigurationError(f"`chunk_size` must be at least 1, got {chunk_size}")
     work = checks.work(pipe, requests, {**settings, "batch_size": batch_size},
                        edit=checks.edit(init_image, strength, mask), encode_per_batch=True)
+    checks.check_callback(pipe, on_step)
     stats = stats if stats is not None else StreamStats()
     batches = list(work.batches)
     with tqdm(total=len(requests), desc="images", unit="image", disable=quiet) as bar:
@@ -110,7 +115,7 @@ def generate_many(
                 chunk.append(batches.pop(0))
             stats.chunks += 1
             stats.chunk_sizes.append(sum(len(b.requests) for b in chunk))
-            for rendered in run.render(pipe, replace(work, batches=chunk)):
+            for rendered in run.render(pipe, replace(work, batches=chunk), on_step=on_step):
                 seconds = rendered.seconds / len(rendered.batch.requests)
                 stats.compute_seconds += rendered.seconds
                 for request, picture in zip(rendered.batch.requests, rendered.images):

@@ -6,7 +6,8 @@
 
 Files: `config.py`, `rename.py` (diffusers-style name -> checkpoint name), `blocks.py`,
 `model.py` (encoder, decoder), `loading.py`, `scaling.py` (SD3 latent scaling),
-`tiling.py`, `images.py` (tensors <-> pixels).
+`tiling.py`, `images.py` (tensors <-> pixels), `taesd.py` and `taesd_loading.py` (TAESD3, the tiny
+autoencoder).
 """
 
 from sd3.vae.config import VAEConfig
@@ -15,6 +16,8 @@ from sd3.vae.loading import PREFIX, load_vae
 from sd3.vae.model import AutoEncoderKL
 from sd3.vae.rename import checkpoint_name
 from sd3.vae.scaling import decode_latents, encode_images
+from sd3.vae.taesd import TinyAutoencoder
+from sd3.vae.taesd_loading import load_taesd
 
 __all__ = [
     "VAEConfig",
@@ -27,4 +30,6 @@ __all__ = [
     "to_pil",
     "from_pil",
     "PREFIX",
+    "TinyAutoencoder",
+    "load_taesd",
 ]

@@ -1,0 +1,117 @@
+"""Step previews: what the model predicts (x0) at each step, as pictures, while it samples.
+
+    preview = Preview("proj", every=1)                       # frames kept as PIL images
+    pipe.generate("a cat", on_step=preview)
+    preview.frames[0]                                         # image 0's frames, one per step
+
+    pipe.generate("a cat", on_step=Preview("taesd", path="preview.png"))   # rewritten every step
+    pipe.generate_many(prompts, on_step=Preview("proj", path="frames/"))   # frames/00003-007.png ...
+
+Three ways to turn the predicted clean latents x0 (b, 16, h, w) into RGB, as stable-diffusion.cpp's
+`--preview proj|tae|vae` and ComfyUI's `--preview-method latent2rgb|taesd`:
+
+| kind | how | size | needs |
+|---|---|---|---|
+| `proj` | a fixed 16 -> 3 linear map of each latent pixel | h x w | nothing |
+| `taesd` | TAESD3, the tiny autoencoder (vae/taesd.py) | 8h x 8w | the pipeline's `files["taesd"]` |
+| `vae` | the full VAE | 8h x 8w | the VAE, loaded beside the MMDiT |
+
+`proj` uses the latent-to-RGB factors Stability publishes with its reference code (sd3.5
+`sd3_impls.py`, `SD3LatentFormat.decode_latent_to_preview`; ComfyUI's `latent_formats.py` has a
+slightly refitted set with a bias): RGB = x0 · F, F of shape (16, 3), then [-1, 1] -> [0, 255].
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sd3.errors import ConfigurationError
+from sd3.sampling.samplers import Step
+from sd3.vae import to_pil
+
+KINDS = ("proj", "taesd", "vae")
+
+# Stability's sd3.5 sd3_impls.py, SD3LatentFormat.decode_latent_to_preview: rows are latent channels, columns R, G, B.
+LATENT_RGB_FACTORS = (
+    (-0.0645, 0.0177, 0.1052), (0.0028, 0.0312, 0.0650), (0.1848, 0.0762, 0.0360), (0.0944, 0.0360, 0.0889),
+    (0.0897, 0.0506, -0.0364), (-0.0020, 0.1203, 0.0284), (0.0855, 0.0118, 0.0283), (-0.0539, 0.0658, 0.1047),
+    (-0.0057, 0.0116, 0.0700), (-0.0412, 0.0281, -0.0039), (0.1106, 0.1171, 0.1220), (-0.0248, 0.0682, -0.0481),
+    (0.0815, 0.0846, 0.1207), (-0.0120, -0.0055, -0.0867), (-0.0749, -0.0634, -0.0456), (-0.1418, -0.1457, -0.1259),
+)
+
+
+def project(x0: torch.Tensor) -> torch.Tensor:
+    """Model-space latents (b, 16, h, w) -> approximate images (b, 3, h, w) in about [-1, 1]."""
+    factors = torch.tensor(LATENT_RGB_FACTORS, dtype=torch.float32, device=x0.device)
+    return torch.einsum("bchw,cr->brhw", x0.float(), factors)
+
+
+class Preview:
+    """A ready-made `on_step` callback: every `every` steps (and after the last), each image's x0 as a picture.
+
+    Args:
+        kind: "proj", "taesd" or "vae" (the table above).
+        every: the preview interval, in steps.
+        path: None keeps the frames in `frames` (image index -> PIL images, one per preview);
+            a file name (`preview.png`) is rewritten at every preview: image 0's, and beside it
+            one per other image (`preview-3.png`); a folder (an existing one, or a name ending in
+            "/") gets numbered frames `{index:05d}-{step:03d}.png`.
+
+    Raises:
+        ConfigurationError: an unknown kind, an interval below 1, or a file name of no image format.
+    """
+
+    def __init__(self, kind: str = "proj", *, every: int = 1, path: str | os.PathLike | None = None) -> None:
+        if kind not in KINDS:
+            raise ConfigurationError(f"unknown `preview` '{kind}'; choose one of {', '.join(KINDS)}")
+        if every < 1:
+            raise ConfigurationError(f"`preview_interval` must be at least 1, got {every}")
+        self.kind, self.every = kind, every
+        self.folder = self.file = None
+        if path is not None:
+            path = Path(path)
+            if str(path).endswith(os.sep) or path.is_dir() or not path.suffix:
+                self.folder = path
+            elif path.suffix.lower() not in Image.registered_extensions():
+                raise ConfigurationError(f"`preview_path` {path}: unknown image format '{path.suffix}'; use .png")
+            else:
+                self.file = path
+        self.frames: dict[int, list[Image.Image]] = {}
+        self.decoder: Callable[[torch.Tensor], torch.Tensor] | None = project if kind == "proj" else None
+
+    @property
+    def model(self) -> str | None:
+        """The model the pipeline must hold beside the MMDiT for this preview ("taesd", "vae"), if any."""
+        return None if self.kind == "proj" else self.kind
+
+    def __call__(self, step: Step) -> None:
+        if step.step % self.every and step.step != step.steps:
+            return
+        if self.decoder is None:
+            raise ConfigurationError(f"a `{self.kind}` preview decodes with a model: pass it to a pipeline's "
+                                     "generate(), generate_many() or denoise(), which lend it")
+        with torch.no_grad():
+            images = to_pil(self.decoder(step.x0))
+        for index, image in zip(step.indices, images):
+            self._keep(index, step, image)
+
+    def _keep(self, index: int, step: Step, image: Image.Image) -> None:
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _save(image, self.folder / f"{index:05d}-{step.step:03d}.png")
+        elif self.file is not None:
+            _save(image, self.file if index == 0 else self.file.with_name(f"{self.file.stem}-{index}{self.file.suffix}"))
+        else:
+            self.frames.setdefault(index, []).append(image)
+
+
+def _save(image: Image.Image, path: Path) -> None:
+    """Write atomically, so a viewer watching the file never reads half a frame."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    image.save(temporary, format=Image.registered_extensions()[path.suffix.lower()])
+    os.replace(temporary, path)
