@@ -24,6 +24,7 @@ from sd3.sampling.options import GenerationOptions
 from sd3.sampling.requests import ImageRequest, image_requests, settings_key
 
 DEFAULT_STRENGTH = 0.6  # image to image without a `strength` (diffusers' default)
+DECODERS = {"vae": "vae", "taesd3": "taesd"}  # what decodes the final images -> the model that does it
 SETTINGS = ("height", "width", "steps", "cfg", "shift", "seed", "num_images", "batch_size", "slg", "sampler_name",
             "sigmas", "tile_size")  # what `options()` takes besides `strength`
 
@@ -82,10 +83,18 @@ def check_conditioning(pipe, conditioning: Conditioning) -> None:
         )
 
 
+def check_decoder(decoder: str, taesd) -> None:
+    """Refuse an unknown final-image `decoder`, or "taesd3" without its file (`taesd`, a path or None)."""
+    if decoder not in DECODERS:
+        raise ConfigurationError(f"unknown `decoder` '{decoder}'; choose one of {', '.join(DECODERS)}")
+    if decoder == "taesd3" and taesd is None:
+        raise ConfigurationError('`decoder="taesd3"` needs a TAESD3 file: give `files["taesd"]`')
+
+
 def check_callback(pipe, on_step) -> None:
     """Refuse, before anything loads, a step preview whose decoder this pipeline has no file for."""
     if getattr(on_step, "model", None) == "taesd" and pipe.files.taesd is None:
-        raise ConfigurationError('a `taesd` preview needs a TAESD3 file: give `files["taesd"]`')
+        raise ConfigurationError('a taesd preview needs a TAESD3 file: give `files["taesd"]`')
 
 
 def edit(init_image, strength: float | None, mask) -> run.Edit | None:

@@ -49,7 +49,6 @@ from sd3.sampling.samplers import StepCallback, sampler, step_callback
 from sd3.sampling.variants import Variant, variant as variant_named
 
 logger = logging.getLogger(__name__)
-DECODERS = {"vae": "vae", "taesd3": "taesd"}  # what decodes the final images -> the model that does it
 
 
 class StableDiffusion3:
@@ -84,10 +83,7 @@ class StableDiffusion3:
             decoder: what decodes the final images: "vae", or "taesd3", the tiny autoencoder
                 (`files.taesd`; far faster, less detail: vae/taesd.py).
         """
-        if decoder not in DECODERS:
-            raise ConfigurationError(f"unknown `decoder` '{decoder}'; choose one of {', '.join(DECODERS)}")
-        if decoder == "taesd3" and files.taesd is None:
-            raise ConfigurationError('`decoder="taesd3"` needs a TAESD3 file: give `files["taesd"]`')
+        checks.check_decoder(decoder, files.taesd)
         self.files, self.decoder = files, decoder
         self.variant = variant_named(variant) if variant is not None else None
         self.reference = Reference.named(reference or "default")
@@ -105,7 +101,7 @@ class StableDiffusion3:
         self.lifecycle = ModelLifecycle(
             self.models, self.memory, self.keep, self.components.loaders(self.device), {"mmdit": torch.compile} if compile else {},
             context_tokens=77 + (0 if files.t5xxl is None else self.reference.t5_length),
-            stages={**STAGES, "decode": replace(STAGES["decode"], models=(DECODERS[decoder],))},
+            stages={**STAGES, "decode": replace(STAGES["decode"], models=(checks.DECODERS[decoder],))},
         )
 
     @classmethod
@@ -140,6 +136,7 @@ class StableDiffusion3:
         The gated stabilityai repositories need an accepted licence and HF_TOKEN.
         """
         chosen = variant_named(which)  # every argument is checked before anything is downloaded
+        checks.check_decoder(decoder, (files or {}).get("taesd"))
         Reference.named(reference or "default")
         check_keep(keep)
         resolve_device(device)

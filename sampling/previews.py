@@ -93,7 +93,7 @@ class Preview:
         if step.step % self.every and step.step != step.steps:
             return
         if self.decoder is None:
-            raise ConfigurationError(f"a `{self.kind}` preview decodes with a model: pass it to a pipeline's "
+            raise ConfigurationError(f"a {self.kind} preview decodes with a model: pass it to a pipeline's "
                                      "generate(), generate_many() or denoise(), which lend it")
         with torch.no_grad():
             images = to_pil(self.decoder(step.x0))

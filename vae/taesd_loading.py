@@ -67,8 +67,8 @@ def _diffusers_view(checkpoint: TensorSource) -> tuple[TensorSource, bool]:
     matches = [_INDEX.fullmatch(k) for k in keys]
     if not keys or not all(matches):
         raise ModelLoadingError(
-            f"{checkpoint.description} is not a TAESD file: expected diffusers' `decoder.layers.N` names or the "
-            f"original's `N.` names, found {keys[:3]}"
+            f"{checkpoint.description} is not a TAESD file: expected diffusers' 'decoder.layers.N' names or the "
+            f"original's 'N.' names, found {keys[:3]}"
         )
     if min(int(m[1]) for m in matches) != 1:  # the original decoder's index 0 is its clamp, which has no weights
         raise ModelLoadingError(

@@ -30,7 +30,8 @@ from sd3.jobs.distributed import Rank
 from sd3.jobs.images import check_image_path, image_parameters, save_image
 from sd3.lora import load_lora
 from sd3.sampling import img2img
-from sd3.sampling.checks import DEFAULT_STRENGTH
+from sd3.sampling.checks import DECODERS, DEFAULT_STRENGTH
+from sd3.sampling.previews import KINDS, Preview
 from sd3.sampling import FILE_NAMES, REFERENCES, SAMPLERS, VARIANTS, GenerationOptions, Reference, StableDiffusion3
 
 AUTO_BATCH_CAP = 8
@@ -44,7 +45,8 @@ FLAGS = {
     "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size",
     "prompts_file": "--prompts-file", "chunk_size": "--chunk-size", "output_dir": "--output-dir",
     "final_image": "--final-image", "overwrite=True": "--overwrite", "init_image": "--init-image",
-    "strength": "--strength", "mask": "--mask",
+    "strength": "--strength", "mask": "--mask", "preview": "--preview", "preview_interval": "--preview-interval",
+    "preview_path": "--preview-path", "decoder": "--vae-decoder", 'decoder="taesd3"': "--vae-decoder taesd3",
     "strict=False": "--lora-ignore-unmatched", 'dtype="bfloat16"': "--dtype bfloat16",
     'dtype="float32"': "--dtype float32", 'device="cpu"': "--cpu", 'files["t5xxl"]=None': "--no-t5",
     "files": "file flags", **{f'files["{name}"]': "--" + name.replace("_", "-") for name in FILE_NAMES},
@@ -107,6 +109,15 @@ def parser() -> argparse.ArgumentParser:
                    help="apply the LoRA keys that match and warn about the rest (default: refuse the file)")
     p.add_argument("--latents", help="initial noise: a .safetensors file with key 'latents'")
     p.add_argument("--save-latents", help="write the final latents (before decoding) to this .safetensors file")
+    p.add_argument("--preview", choices=KINDS, help="show each step's predicted image (x0): proj (a linear map, "
+                   "no model), taesd (TAESD3, needs --taesd) or vae (the full VAE), as stable-diffusion.cpp's flag")
+    p.add_argument("--preview-path", default="preview.png", help="with --preview: a file rewritten at every preview "
+                   "(preview-K.png for image K > 0), or a folder (ending in /) of numbered frames")
+    p.add_argument("--preview-interval", type=int, default=1, help="with --preview: every N steps")
+    p.add_argument("--taesd", help="a TAESD3 .safetensors file (madebyollin/taesd3, either layout): for "
+                   "--preview taesd and --vae-decoder taesd3")
+    p.add_argument("--vae-decoder", choices=list(DECODERS), default="vae", help="what decodes the final images: the "
+                   "VAE, or TAESD3 (needs --taesd; far faster, less detail)")
     for flag in ("--checkpoint", "--clip-l", "--clip-g", "--t5xxl", "--vae"):
         p.add_argument(flag, help="local .safetensors file instead of the Hub" + (
             " (bf16, fp16 or fp8; a .gguf MMDiT, with --vae)" if flag == "--checkpoint" else
@@ -154,10 +165,11 @@ def run(args) -> None:
     many = args.prompts_file is not None or args.output_dir is not None
     edit = img2img.check_inputs(args.init_image, args.strength, args.mask)
     loras = [(load_lora(path), scale) for path, scale in map(parse_lora, args.lora)]  # read and checked now
+    preview = Preview(args.preview, every=args.preview_interval, path=args.preview_path) if args.preview else None
     if many and args.init_image:
         raise ConfigurationError("--init-image and --mask work with one --prompt, not with --prompts-file or --output-dir")
     if many:
-        job = many_images.prepare(args, reference, options, settings, loras)
+        job = many_images.prepare(args, reference, settings, loras)
     else:
         check_image_path(Path(args.final_image))
     latents = read_latents(args.latents) if args.latents else None
@@ -171,7 +183,7 @@ def run(args) -> None:
         sd3 = StableDiffusion3.from_variant(
             args.which, files=file_overrides(args), device=device or rank.device(), dtype=args.dtype,
             keep="auto" if many else "stage", reference=reference, revision=args.revision, cache_dir=args.cache_dir,
-            compile=args.compile,
+            compile=args.compile, decoder=args.vae_decoder,
         )
         for lora, scale in loras:
             sd3.add_lora(lora, scale, strict=not args.lora_ignore_unmatched)
@@ -186,9 +198,9 @@ def run(args) -> None:
         tracing = torch.profiler.profile(record_shapes=True) if args.tracing else contextlib.nullcontext()
         with tracing as profiler, attention or contextlib.nullcontext():
             if many:
-                many_images.run(args, sd3, job, settings, rank)
+                many_images.run(args, sd3, job, settings, rank, preview)
             else:
-                one_call(args, sd3, reference, options, settings, latents, edit)
+                one_call(args, sd3, settings, latents, edit, preview)
         if args.tracing:
             profiler.export_chrome_trace("sd3-trace.json")
     finally:
@@ -212,13 +224,13 @@ def parse_batch_size(value: str) -> int:
     return int(value)
 
 
-def one_call(args, sd3, reference, options, settings, latents, edit) -> None:
+def one_call(args, sd3, settings, latents, edit, preview) -> None:
     """One prompt: every image in one `generate()` call, saved when it returns (as Candle's main.rs)."""
     image, mask = edit
     result = sd3.generate(args.prompt, args.uncond_prompt, sampler_name=args.sampler, latents=latents,
-                          quiet=args.quiet, init_image=image, strength=args.strength, mask=mask, **settings)
-    recorded = {**result.options.describe(), "which": args.which,
-                "reference": reference.name, "loras": many_images.lora_records(sd3.loras)}
+                          quiet=args.quiet, init_image=image, strength=args.strength, mask=mask, on_step=preview,
+                          **settings)
+    recorded = {**result.options.describe(), **many_images.run_settings(args, sd3)}
     if image is not None:
         recorded.update(init_image=Path(args.init_image).name, mask=Path(args.mask).name if args.mask else None,
                         strength=DEFAULT_STRENGTH if args.strength is None else args.strength)

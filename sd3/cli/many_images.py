@@ -26,12 +26,19 @@ def requests(args, seed: int) -> list[ImageRequest]:
     return image_requests(lines, args.uncond_prompt, seed=seed, num_images=args.num_images)
 
 
+def run_settings(args, pipe) -> dict:
+    """What every image of this command records besides its own settings (`decoder` only when not the VAE,
+    so that manifests written before it existed still match)."""
+    recorded = {"which": args.which, "reference": pipe.reference.name, "loras": lora_records(pipe.loras)}
+    return {**recorded, "decoder": args.vae_decoder} if args.vae_decoder != "vae" else recorded
+
+
 def lora_records(loras) -> list[dict]:
     """What an image records of each LoRA (entries `(lora, scale, ...)`): file name, sha256, scale."""
     return [{"file": entry[0].path.name, "sha256": entry[0].sha256, "scale": entry[1]} for entry in loras]
 
 
-def prepare(args, reference, options: GenerationOptions, settings: dict, loras=()) -> Job | list[ImageRequest]:
+def prepare(args, reference, settings: dict, loras=()) -> Job | list[ImageRequest]:
     """Check the prompt list, every line's settings and the output path; no model is touched."""
     if args.latents or args.save_latents:
         raise ConfigurationError("--latents and --save-latents work with one --prompt, not with --prompts-file or --output-dir")
@@ -49,6 +56,8 @@ def prepare(args, reference, options: GenerationOptions, settings: dict, loras=(
     check_output_dir(Path(args.output_dir))
     recorded = {"which": args.which, "dtype": args.dtype or "default", "reference": reference.name,
                 "t5_length": None if args.no_t5 else reference.t5_length, "loras": lora_records(loras)}
+    if args.vae_decoder != "vae":
+        recorded["decoder"] = args.vae_decoder
     return Job(Path(args.output_dir), prompts, settings=recorded, generation=_generation(args, settings),
                batch_size=settings["batch_size"], chunk_size=args.chunk_size, overwrite=args.overwrite)
 
@@ -58,9 +67,9 @@ def _generation(args, settings: dict) -> dict:
     return {**{k: settings[k] for k in keys}, "sampler_name": args.sampler}
 
 
-def run(args, pipe, job, settings: dict, rank) -> None:
+def run(args, pipe, job, settings: dict, rank, preview=None) -> None:
     if isinstance(job, Job):
-        job = replace(job, batch_size=settings["batch_size"], rank=rank)
+        job = replace(job, batch_size=settings["batch_size"], rank=rank, on_step=preview)
         summary = job.run(pipe, quiet=args.quiet)
         if not args.quiet:
             stats = summary.stats
@@ -71,11 +80,10 @@ def run(args, pipe, job, settings: dict, rank) -> None:
     out, stats = Path(args.final_image), StreamStats()
     prompts = job
     stream = pipe.generate_many(prompts, batch_size=settings["batch_size"], chunk_size=args.chunk_size, stats=stats,
-                                quiet=args.quiet, **_generation(args, settings))
+                                quiet=args.quiet, on_step=preview, **_generation(args, settings))
     for result in stream:
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}-{result.index}{out.suffix}")
-        run_settings = {"which": args.which, "reference": pipe.reference.name, "loras": lora_records(pipe.loras)}
-        save_image(result.image, path, image_parameters(result, {**result.settings, **run_settings}))
+        save_image(result.image, path, image_parameters(result, {**result.settings, **run_settings(args, pipe)}))
     if not args.quiet:
         print(f"{stats.images} image(s) in {stats.chunks} chunk(s), loading {stats.load_share:.0%} of the work; "
               f"saved {out.with_name(out.stem + '-*' + out.suffix)}", file=sys.stderr)

@@ -13,6 +13,7 @@ again. A record whose prompt, seed or settings differ from this run's is refused
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class Job:
     overwrite: bool = False
     rank: Rank = field(default_factory=Rank)
     extension: str = ".png"
+    on_step: Callable | None = None  # after every denoising step, as for `generate_many` (a `Preview`, say)
 
     def expected(self, pipe, request: ImageRequest, described: dict) -> dict:
         """The record fields this run would write for `request` (compared against an earlier run's).
@@ -101,7 +103,7 @@ class Job:
         writer = ManifestWriter(self.folder, self.rank.rank, self.rank.world)
         if remaining:
             stream = pipe.generate_many(remaining, batch_size=self.batch_size, chunk_size=self.chunk_size,
-                                        stats=summary.stats, quiet=quiet, **self.generation)
+                                        stats=summary.stats, quiet=quiet, on_step=self.on_step, **self.generation)
             for result in stream:
                 if result.index in done:
                     continue

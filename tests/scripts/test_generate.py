@@ -218,3 +218,26 @@ def test_bad_edit_inputs_fail_before_any_file_is_read(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_previews_and_the_taesd3_decoder(tiny, tmp_path, capsys):
+    from sd3.testing.tiny.taesd import taesd_state_dict
+
+    taesd = tmp_path / "taesd3.safetensors"
+    save_file(taesd_state_dict(seed=1), str(taesd))
+    frames = tmp_path / "frames"
+    assert run(tiny, "--preview", "proj", "--preview-path", f"{frames}/", "--num-images", "2", "--seed", "4",
+               out=tmp_path / "a.png") == 0
+    assert sorted(p.name for p in frames.iterdir()) == ["00000-001.png", "00000-002.png", "00001-001.png",
+                                                         "00001-002.png"]
+    assert run(tiny, "--preview", "taesd", "--taesd", str(taesd), "--preview-interval", "2",
+               "--preview-path", str(tmp_path / "live.png"), "--vae-decoder", "taesd3", out=tmp_path / "b.png") == 0
+    assert Image.open(tmp_path / "live.png").size == (48, 64)
+    assert json.loads(Image.open(tmp_path / "b.png").text["sd3"])["decoder"] == "taesd3"
+    assert "decoder" not in json.loads(Image.open(tmp_path / "a-0.png").text["sd3"])  # the VAE: as before
+    capsys.readouterr()
+    for flags, message in ((["--preview", "taesd"], "a taesd preview needs a TAESD3 file: give --taesd"),
+                           (["--vae-decoder", "taesd3"], "--vae-decoder taesd3 needs a TAESD3 file: give --taesd"),
+                           (["--preview", "proj", "--preview-interval", "0"], "--preview-interval must be at least 1, got 0")):
+        assert run(tiny, *flags, out=tmp_path / "c.png") == 1
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {message}"
