@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from sd3.errors import ConfigurationError
 from sd3.sampling.samplers import Step
@@ -108,6 +108,25 @@ class Preview:
             _save(image, self.file if index == 0 else self.file.with_name(f"{self.file.stem}-{index}{self.file.suffix}"))
         else:
             self.frames.setdefault(index, []).append(image)
+
+
+def filmstrip(rows: list[list[Image.Image]], labels: list[str], *, height: int = 128,
+              names: list[str] | None = None) -> Image.Image:
+    """Frames side by side, one row per run, each frame scaled to `height` pixels (nearest
+    neighbour, so a `proj` preview's latent pixels stay visible), `labels` (one per column, e.g.
+    "sigma 0.750": the default font has no Greek) under the last row and `names` (one per row) on the left."""
+    width = max(round(frame.width * height / frame.height) for row in rows for frame in row)
+    margin, caption = (96 if names else 0), 18
+    sheet = Image.new("RGB", (margin + width * len(labels), height * len(rows) + caption), "white")
+    draw, font = ImageDraw.Draw(sheet), ImageFont.load_default(size=13)
+    for r, row in enumerate(rows):
+        for c, frame in enumerate(row):
+            sheet.paste(frame.resize((width, height), Image.NEAREST), (margin + c * width, r * height))
+        if names:
+            draw.text((4, r * height + height // 2 - 6), names[r], fill="black", font=font)
+    for c, label in enumerate(labels):
+        draw.text((margin + c * width + 4, height * len(rows) + 2), label, fill="black", font=font)
+    return sheet
 
 
 def _save(image: Image.Image, path: Path) -> None:

@@ -15,6 +15,9 @@ denoising and decoding, without loads or checks), and the first call's share spe
 
 Low precision (ours alone, `--only quant`, sd3/testing/benchmark_quant.py): the MMDiT from bf16,
 fp8, scaled fp8, Q8_0 and Q4_0 files: memory, step time and agreement with the bf16 model.
+
+Watching the flow (ours alone, `--only previews`, sd3/testing/benchmark_previews.py): what a `proj`
+preview at every step adds to a 256² step, and TAESD3's decoding time against the VAE's.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from sd3.testing.benchmark_previews import measure_previews, preview_plan, previews_table
 from sd3.testing.benchmark_quant import FORMATS, agreement, measure_quant, quant_files, quant_table
 from sd3.testing.benchmark_workers import measure
 from sd3.testing.random_weights import write_random, write_tiny
@@ -157,17 +161,18 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time our MMDiT under torch.compile")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "sd3-from-scratch" / "audit"))
     parser.add_argument("--out", default="benchmark.json")
-    parser.add_argument("--only", choices=("compare", "residency", "throughput", "quant"),
-                        help="run one part: ours against diffusers, residency, a 16-prompt list's throughput, or "
-                             "low-precision MMDiT files")
+    parser.add_argument("--only", choices=("compare", "residency", "throughput", "quant", "previews"),
+                        help="run one part: ours against diffusers, residency, a 16-prompt list's throughput, "
+                             "low-precision MMDiT files, or step previews and TAESD3")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
         files = files_for(spec["variant"], Path(args.cache_dir))
-        if spec["task"] == "quant":
+        if spec["task"] in ("quant", "previews", "tiny_decoder"):
             cache = Path(files.checkpoint).parent
-            print(json.dumps({**spec, **measure_quant(spec, files, cache)}))
+            measure_part = measure_quant if spec["task"] == "quant" else measure_previews
+            print(json.dumps({**spec, **measure_part(spec, files, cache)}))
         else:
             print(json.dumps(measure(spec, files)))
         return 0
@@ -175,7 +180,8 @@ def main(argv=None) -> int:
     residency = residency_plan(args.quick, args.tiny) if args.only in (None, "residency") else []
     throughput = throughput_plan(args.quick, args.tiny) if args.only in (None, "throughput") else []
     quantised = quant_plan(args.quick, args.tiny) if args.only in (None, "quant") else []
-    for variant in {s["variant"] for s in specs + residency + throughput + quantised}:
+    watched = preview_plan(args.quick, args.tiny) if args.only in (None, "previews") else []
+    for variant in {s["variant"] for s in specs + residency + throughput + quantised + watched}:
         files = files_for(variant, Path(args.cache_dir))  # write the caches before anything is timed
         if quantised:
             quant_files(files, Path(files.checkpoint).parent)
@@ -200,6 +206,10 @@ def main(argv=None) -> int:
         low.append(run_worker(spec, args.cache_dir))
         print(f"  measured {spec['format']}", file=sys.stderr, flush=True)
     low = agreement(low) if low else low
+    previews = []
+    for spec in watched:
+        previews.append(run_worker(spec, args.cache_dir))
+        print(f"  measured {spec['task']} {spec['res']}", file=sys.stderr, flush=True)
     out = rows(results)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"\n{machine}")
@@ -211,8 +221,10 @@ def main(argv=None) -> int:
         print("\n" + throughput_table(listed))
     if low:
         print("\n" + quant_table(low))
+    if previews:
+        print("\n" + previews_table(previews))
     Path(args.out).write_text(json.dumps({"machine": machine, "results": results, "residency": resident,
-                                          "throughput": listed, "quant": low,
+                                          "throughput": listed, "quant": low, "previews": previews,
                                           "table": [dict(zip(("what", "ours", "diffusers", "unit"), r)) for r in out]}, indent=2))
     print(f"\nwrote {args.out}")
     return 0

@@ -32,3 +32,23 @@ def test_strength_plot(tmp_path):
 def test_schedule_plot(tmp_path):
     _run("scripts/plot_schedules.py", "--out", str(tmp_path / "sigmas.png"))
     assert Image.open(tmp_path / "sigmas.png").size == (1320, 495)
+
+
+def test_trajectory_filmstrip_and_comparison(tmp_path):
+    """On tiny files: one row of x0 frames (one per step), then with --compare two rows and their difference."""
+    from sd3.testing.tiny.pipeline import write_tiny_sd3
+
+    tiny = write_tiny_sd3(tmp_path / "sd3", seed=2)
+    c = str(tiny.checkpoint)
+    files = ["--checkpoint", c, "--clip-l", c, "--clip-g", c, "--t5xxl", c, "--clip-l-tokenizer",
+             str(tiny.clip_l_tokenizer), "--clip-g-tokenizer", str(tiny.clip_g_tokenizer), "--t5-tokenizer",
+             str(tiny.t5_tokenizer), "--height", "64", "--width", "64", "--num-inference-steps", "4", "--cfg-scale", "4",
+             "--cpu", "--quiet"]
+    _run("scripts/trajectory.py", *files, "--filmstrip", str(tmp_path / "one.png"))
+    _run("scripts/trajectory.py", *files, "--compare", "cfg=1", "--filmstrip", str(tmp_path / "two.png"))
+    one, two = Image.open(tmp_path / "one.png"), Image.open(tmp_path / "two.png")
+    assert one.size == (96 + 4 * 128, 128 + 18) and two.size == (96 + 4 * 128, 3 * 128 + 18)
+    difference = two.crop((96, 2 * 128, 96 + 4 * 128, 3 * 128)).convert("L")
+    assert difference.getextrema()[1] > 0  # cfg 1 and 4 part ways
+    first_column = two.crop((96, 2 * 128, 96 + 128, 3 * 128)).convert("L")
+    assert first_column.getextrema()[1] > 0  # already at the first step: the velocity differs

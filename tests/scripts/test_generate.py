@@ -241,3 +241,12 @@ def test_previews_and_the_taesd3_decoder(tiny, tmp_path, capsys):
                            (["--preview", "proj", "--preview-interval", "0"], "--preview-interval must be at least 1, got 0")):
         assert run(tiny, *flags, out=tmp_path / "c.png") == 1
         assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {message}"
+
+
+def test_previews_in_an_output_dir_job(tiny, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat\nan astronaut riding a horse\n")
+    frames = tmp_path / "frames"
+    assert run(tiny, "--prompts-file", str(prompts), "--output-dir", str(tmp_path / "out"), "--preview", "proj",
+               "--preview-path", f"{frames}/", "--preview-interval", "2") == 0
+    assert sorted(p.name for p in frames.iterdir()) == ["00000-002.png", "00001-002.png"]  # one set per image
