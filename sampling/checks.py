@@ -16,11 +16,13 @@ from dataclasses import replace
 import torch
 
 from sd3.errors import ConfigurationError
+from sd3.vae import load_taesd
 from sd3.sampling import img2img, run
 from sd3.sampling.conditioning import Conditioning
 from sd3.sampling.guidance import SkipLayerGuidanceConfig
 from sd3.sampling.noise import check_latents
 from sd3.sampling.options import GenerationOptions
+from sd3.sampling.previews import Preview
 from sd3.sampling.requests import ImageRequest, image_requests, settings_key
 
 DEFAULT_STRENGTH = 0.6  # image to image without a `strength` (diffusers' default)
@@ -84,16 +86,19 @@ def check_conditioning(pipe, conditioning: Conditioning) -> None:
 
 
 def check_decoder(decoder: str, taesd) -> None:
-    """Refuse an unknown final-image `decoder`, or "taesd3" without its file (`taesd`, a path or None)."""
+    """Refuse an unknown final-image `decoder`, "taesd3" without its file (`taesd`, a path or None),
+    or a TAESD3 file that is not one: its names and shapes are checked, no tensor is read."""
     if decoder not in DECODERS:
         raise ConfigurationError(f"unknown `decoder` '{decoder}'; choose one of {', '.join(DECODERS)}")
     if decoder == "taesd3" and taesd is None:
         raise ConfigurationError('`decoder="taesd3"` needs a TAESD3 file: give `files["taesd"]`')
+    if taesd is not None:
+        load_taesd(taesd, device="meta")
 
 
-def check_callback(pipe, on_step) -> None:
-    """Refuse, before anything loads, a step preview whose decoder this pipeline has no file for."""
-    if getattr(on_step, "model", None) == "taesd" and pipe.files.taesd is None:
+def check_callback(on_step, taesd) -> None:
+    """Refuse, before anything loads, a taesd `Preview` without a TAESD3 file (`taesd`, a path or None)."""
+    if isinstance(on_step, Preview) and on_step.model == "taesd" and taesd is None:
         raise ConfigurationError('a taesd preview needs a TAESD3 file: give `files["taesd"]`')
 
 

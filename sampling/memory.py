@@ -91,12 +91,13 @@ class StageMemory:
             "vae": self.decode_bytes(options.batch_size, options.height, options.width, options.tile_size),
         }
 
-    def decode_bytes(self, batch: int, height: int, width: int, tile_size: int | None) -> int:
+    def decode_bytes(self, batch: int, height: int, width: int, tile_size: int | None, tiny: bool = False) -> int:
         """Bytes the VAE's activations need for `batch` images of height x width pixels; tiled, they
-        span one tile (of the whole batch)."""
+        span one tile (of the whole batch). `tiny`: TAESD3's, whose feature maps have 64 channels
+        where the VAE's have 128 at full resolution."""
         if tile_size is not None:
             height, width = min(height, 8 * tile_size), min(width, 8 * tile_size)
-        return vae_activation_bytes(batch, height, width, self.dtype)
+        return vae_activation_bytes(batch, height, width, self.dtype) // (2 if tiny else 1)
 
     def fits_together(self, keep: str, resident: Container[str], options, context_tokens: int) -> bool:
         """Whether a call keeps its models after their stage: `keep`, or for "auto" the memory check

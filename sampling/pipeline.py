@@ -41,6 +41,7 @@ from sd3.sampling.hub import ModelFiles, model_files
 from sd3.sampling.img2img import ImageLike
 from sd3.sampling.lifecycle import STAGES, ModelLifecycle
 from sd3.sampling.options import GenerationOptions, check_tile_size
+from sd3.sampling.previews import Preview
 from sd3.sampling.reference import Reference
 from sd3.sampling.requests import prompt_lists
 from sd3.sampling.residency import ResidentModels, check_keep
@@ -78,7 +79,7 @@ class StableDiffusion3:
             device: default CUDA, then MPS, then the CPU.
             keep: "auto", "all" or "stage" (sampling/residency.py).
             on_load: `on_load(name, module)` once per actual load ("clip_l", "clip_g", "t5",
-                "mmdit", "vae"): a place for forward hooks or adapters.
+                "mmdit", "vae", "taesd"): a place for forward hooks or adapters.
             compile: run the MMDiT through `torch.compile` (the first step then includes compilation).
             decoder: what decodes the final images: "vae", or "taesd3", the tiny autoencoder
                 (`files.taesd`; far faster, less detail: vae/taesd.py).
@@ -125,7 +126,8 @@ class StableDiffusion3:
         Args:
             which: "3-medium", "3.5-large", "3.5-large-turbo" or "3.5-medium".
             files: local files overriding the Hub's, by name: `checkpoint`, `clip_l`, `clip_g`,
-                `t5xxl`, `vae`, `clip_l_tokenizer`, `clip_g_tokenizer`, `t5_tokenizer`.
+                `t5xxl`, `vae`, `clip_l_tokenizer`, `clip_g_tokenizer`, `t5_tokenizer`, and
+                `taesd` (TAESD3, local only, for previews and `decoder="taesd3"`).
                 `{"t5xxl": None}` runs without T5 (zeros in its place; saves ~10 GB).
             device, dtype, keep, reference, on_load, compile, decoder: as for the constructor.
             revision, cache_dir: the Hub revision of the model repositories and the cache folder.
@@ -249,7 +251,7 @@ class StableDiffusion3:
             raise ConfigurationError("`options` must come from pipe.options(...), which checks them")
         if not isinstance(conditioning, Conditioning) or not isinstance(latents, torch.Tensor):
             raise ConfigurationError("denoise() takes a `conditioning` from encode() and `latents` as a tensor")
-        checks.check_callback(self, on_step)
+        checks.check_callback(on_step, self.files.taesd)
         n, shape = len(conditioning), (16, options.height // 8, options.width // 8)
         if tuple(latents.shape) != (n, *shape):
             raise ConfigurationError(f"`latents` must be {(n, *shape)}: one per `conditioning` row, at the size of "
@@ -266,7 +268,8 @@ class StableDiffusion3:
                 callback(step)
 
         outputs = []
-        with self.lifecycle.stage("denoise", activation) as models, self._lend(on_step), torch.no_grad(), bar, \
+        preview_bytes = self.memory.decode_bytes(options.batch_size, options.height, options.width, None)
+        with self.lifecycle.stage("denoise", activation) as models, self._lend(on_step, preview_bytes), torch.no_grad(), bar, \
                 attention_backend or contextlib.nullcontext():
             for first in batches:
                 part = slice(first, first + options.batch_size)
@@ -276,8 +279,8 @@ class StableDiffusion3:
                 )
                 x = latents[part].to(self.device, torch.float32)
                 outputs.append(sample(velocity, x, schedule, round_to=self.dtype if ref.round_latents else None,
-                                      on_step=after_step, after_step=blend.part(part, self.device) if blend else None,
-                                      indices=indices[part]).cpu())
+                                      on_step=after_step if callback or not quiet else None, indices=indices[part],
+                                      after_step=blend.part(part, self.device) if blend else None).cpu())
         final = torch.cat(outputs)
         if not torch.isfinite(final).all():
             raise SamplingError(
@@ -304,7 +307,8 @@ class StableDiffusion3:
         if batch_size < 1:
             raise ConfigurationError(f"`batch_size` must be at least 1, got {batch_size}")
         check_tile_size(tile_size)
-        activation = self.memory.decode_bytes(batch_size, 8 * latents.shape[2], 8 * latents.shape[3], tile_size)
+        activation = self.memory.decode_bytes(batch_size, 8 * latents.shape[2], 8 * latents.shape[3], tile_size,
+                                              tiny=self.decoder == "taesd3")
         images = []
         with self.lifecycle.stage("decode", activation) as models, torch.no_grad():
             for first in range(0, latents.shape[0], batch_size):
@@ -317,19 +321,17 @@ class StableDiffusion3:
         return images
 
     @contextlib.contextmanager
-    def _lend(self, on_step):
-        """A `Preview` that decodes with a model gets it for the denoising, through the lifecycle."""
-        model = getattr(on_step, "model", None)
+    def _lend(self, on_step, activation: int):
+        """A `Preview` that decodes with a model gets it for the denoising, through the lifecycle
+        (`activation`: bytes its decoding of one batch needs)."""
+        model = on_step.model if isinstance(on_step, Preview) else None
         if model is None:
             yield
             return
-        with self.lifecycle.hold(f"preview_{model}") as models:
+        with self.lifecycle.hold(f"preview_{model}", activation) as models:
             decoder = models[model]
-            on_step.decoder = decoder.decode if model == "taesd" else (lambda x0: vae_lib.decode_latents(decoder, x0))
-            try:
+            with on_step.lent(decoder.decode if model == "taesd" else lambda x0: vae_lib.decode_latents(decoder, x0)):
                 yield
-            finally:
-                on_step.decoder = None  # the preview does not keep the model alive
 
     # -- the whole call --------------------------------------------------------------------------
     def generate(
@@ -387,7 +389,7 @@ class StableDiffusion3:
                           seed=seed, num_images=num_images, batch_size=batch_size, slg=slg, sampler_name=sampler_name,
                           sigmas=sigmas, latents=latents, tile_size=tile_size, init_image=init_image,
                           strength=strength, mask=mask, conditioning=conditioning)
-        checks.check_callback(self, on_step)
+        checks.check_callback(on_step, self.files.taesd)
         # encode, start latents, denoise, decode (sampling/run.py)
         rendered = list(run.render(self, work, on_step=on_step, attention_backend=attention_backend, quiet=quiet))
         requests = work.requests

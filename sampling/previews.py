@@ -18,13 +18,15 @@ Three ways to turn the predicted clean latents x0 (b, 16, h, w) into RGB, as sta
 
 `proj` uses the latent-to-RGB factors Stability publishes with its reference code (sd3.5
 `sd3_impls.py`, `SD3LatentFormat.decode_latent_to_preview`; ComfyUI's `latent_formats.py` has a
-slightly refitted set with a bias): RGB = x0 · F, F of shape (16, 3), then [-1, 1] -> [0, 255].
+slightly refitted set with a bias): RGB = x0 · F, F of shape (16, 3), then [-1, 1] -> [0, 255]
+(rounded, as every image here; Stability's preview truncates).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -57,13 +59,15 @@ class Preview:
     Args:
         kind: "proj", "taesd" or "vae" (the table above).
         every: the preview interval, in steps.
-        path: None keeps the frames in `frames` (image index -> PIL images, one per preview);
-            a file name (`preview.png`) is rewritten at every preview: image 0's, and beside it
-            one per other image (`preview-3.png`); a folder (an existing one, or a name ending in
-            "/") gets numbered frames `{index:05d}-{step:03d}.png`.
+        path: None keeps the frames in `frames` (image index -> PIL images, one per preview, with
+            the σ of each in `sigmas`; both grow over calls until cleared); a file name
+            (`preview.png`) is rewritten at every preview: image 0's, and beside it one per other
+            image (`preview-3.png`); a folder (a name ending in "/", or an existing folder) gets
+            numbered frames `{index:05d}-{step:03d}.png`.
 
     Raises:
-        ConfigurationError: an unknown kind, an interval below 1, or a file name of no image format.
+        ConfigurationError: an unknown kind, an interval below 1, a file name of no image format
+            Pillow writes, or a file in a folder that does not exist.
     """
 
     def __init__(self, kind: str = "proj", *, every: int = 1, path: str | os.PathLike | None = None) -> None:
@@ -72,42 +76,59 @@ class Preview:
         if every < 1:
             raise ConfigurationError(f"`preview_interval` must be at least 1, got {every}")
         self.kind, self.every = kind, every
-        self.folder = self.file = None
-        if path is not None:
-            path = Path(path)
-            if str(path).endswith(os.sep) or path.is_dir() or not path.suffix:
-                self.folder = path
-            elif path.suffix.lower() not in Image.registered_extensions():
-                raise ConfigurationError(f"`preview_path` {path}: unknown image format '{path.suffix}'; use .png")
-            else:
-                self.file = path
+        self.folder, self.file = _where(path)
         self.frames: dict[int, list[Image.Image]] = {}
-        self.decoder: Callable[[torch.Tensor], torch.Tensor] | None = project if kind == "proj" else None
+        self.sigmas: dict[int, list[float]] = {}
+        self._decoder: Callable[[torch.Tensor], torch.Tensor] | None = project if kind == "proj" else None
 
     @property
     def model(self) -> str | None:
-        """The model the pipeline must hold beside the MMDiT for this preview ("taesd", "vae"), if any."""
+        """The model the pipeline lends this preview while it denoises ("taesd", "vae"), if any."""
         return None if self.kind == "proj" else self.kind
+
+    @contextlib.contextmanager
+    def lent(self, decoder: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        """Decode with `decoder` (model-space latents (b, 16, h, w) -> images in [-1, 1]) inside the
+        block; the pipeline lends it, and takes it back after, so the preview keeps no model alive."""
+        self._decoder = decoder
+        try:
+            yield
+        finally:
+            self._decoder = None
 
     def __call__(self, step: Step) -> None:
         if step.step % self.every and step.step != step.steps:
             return
-        if self.decoder is None:
+        if self._decoder is None:
             raise ConfigurationError(f"a {self.kind} preview decodes with a model: pass it to a pipeline's "
                                      "generate(), generate_many() or denoise(), which lend it")
         with torch.no_grad():
-            images = to_pil(self.decoder(step.x0))
+            images = to_pil(self._decoder(step.x0))
         for index, image in zip(step.indices, images):
-            self._keep(index, step, image)
+            if self.folder is not None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                _save(image, self.folder / f"{index:05d}-{step.step:03d}.png")
+            elif self.file is not None:
+                _save(image, self.file if index == 0 else self.file.with_name(f"{self.file.stem}-{index}{self.file.suffix}"))
+            else:
+                self.frames.setdefault(index, []).append(image)
+                self.sigmas.setdefault(index, []).append(step.sigma)
 
-    def _keep(self, index: int, step: Step, image: Image.Image) -> None:
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            _save(image, self.folder / f"{index:05d}-{step.step:03d}.png")
-        elif self.file is not None:
-            _save(image, self.file if index == 0 else self.file.with_name(f"{self.file.stem}-{index}{self.file.suffix}"))
-        else:
-            self.frames.setdefault(index, []).append(image)
+
+def _where(path: str | os.PathLike | None) -> tuple[Path | None, Path | None]:
+    """(folder, file) from a `preview_path`: a folder ends in "/" or exists, a file has an image suffix."""
+    if path is None:
+        return None, None
+    raw, path = str(path), Path(path)
+    if raw.endswith(("/", os.sep)) or path.is_dir():
+        return path, None
+    formats = Image.registered_extensions()
+    if formats.get(path.suffix.lower()) not in Image.SAVE:
+        raise ConfigurationError(f"`preview_path` {path}: not an image file name (.png, .jpg, ...) nor a folder "
+                                 "ending in /")
+    if not path.parent.is_dir():
+        raise ConfigurationError(f"`preview_path` {path}: the folder {path.parent} does not exist")
+    return None, path
 
 
 def filmstrip(rows: list[list[Image.Image]], labels: list[str], *, height: int = 128,

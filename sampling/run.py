@@ -21,6 +21,7 @@ batch-invariant (a row's result can depend on how many rows share the call): hen
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from sd3.sampling import img2img
 from sd3.sampling.conditioning import Conditioning
 from sd3.sampling.noise import initial_noise
 from sd3.sampling.options import GenerationOptions
+from sd3.sampling.previews import Preview
 from sd3.sampling.requests import ImageRequest, settings_key
 from sd3.sampling.samplers import StepCallback
 
@@ -157,12 +159,14 @@ def render(pipe, work: Work, *, on_step: StepCallback | None = None, attention_b
                 yield Rendered(batch, latents, images, time.perf_counter() - begin)
             return
         finished = []
-        with life.using(call), life.hold("denoise", need["mmdit"]):  # 3. every batch, the MMDiT loaded once
+        lent = on_step.model if isinstance(on_step, Preview) else None  # a preview's decoder, loaded once too
+        with life.using(call), life.hold("denoise", need["mmdit"]), \
+                life.hold(f"preview_{lent}", need["vae"]) if lent else contextlib.nullcontext():  # 3. every batch
             for batch, cond, (start, blend) in zip(work.batches, conditionings, starts):
                 begin = time.perf_counter()
                 latents = pipe.denoise(cond, start, batch.options, blend=blend, indices=batch.indices, **settings)
                 finished.append((batch, latents, time.perf_counter() - begin))
-        call.pinned.add("vae")  # 4. decode once the MMDiT is freed; the VAE loads once for every batch
+        call.pinned.update(life.stages["decode"].models)  # 4. decode once the MMDiT is freed; its decoder loads once
         for batch, latents, seconds in finished:
             with life.using(call):
                 begin = time.perf_counter()

@@ -35,6 +35,11 @@ class Step:
             step's start, x − σ v; decode it to see what the model is drawing.
         velocity: (b, 16, h, w) float32: the guided velocity v (after CFG and SLG) the step used.
         indices: each row's image index: its global index in `generate()` and `generate_many()`.
+
+    The tensors are the sampler's own, on the pipeline's device: read or copy them, never change
+    them in place (keeping them keeps their memory). When inpainting, `latents` are blended and x0 is
+    not. For image to image, `steps` counts the part of the schedule that runs (strength 0.5 of 4
+    steps reports 2).
     """
 
     step: int
@@ -52,24 +57,25 @@ StepCallback = Callable[[Step], None]
 
 def step_callback(fn: Callable | None) -> StepCallback | None:
     """`fn` as a callback of one `Step`. One written for the old signature `fn(step, steps, latents)`
-    (three positional parameters) is wrapped, so it keeps working."""
+    (three required positional parameters, or only `*args`) is wrapped, so it keeps working."""
     if fn is None:
         return None
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: the documented form
         return fn
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in parameters):
+    required = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    if len(required) >= 3 or (not required and any(p.kind is p.VAR_POSITIONAL for p in parameters)):
         return lambda step: fn(step.step, step.steps, step.latents)
     return fn
 
 
-def _report(on_step: StepCallback | None, i: int, sigmas: torch.Tensor, x: torch.Tensor, x0: torch.Tensor,
-            v: torch.Tensor, indices: Sequence[int] | None) -> None:
-    if on_step is not None:
-        rows = tuple(indices) if indices is not None else tuple(range(x.shape[0]))
-        on_step(Step(i + 1, len(sigmas) - 1, float(sigmas[i]), float(sigmas[i + 1]), x, x0, v, rows))
+def _reporter(on_step: StepCallback | None, sigmas: torch.Tensor, rows: int, indices: Sequence[int] | None):
+    """(i, x, x0, v) -> `on_step(Step(...))`; the σ values are read off the device once, not every step."""
+    if on_step is None:
+        return lambda i, x, x0, v: None
+    values, rows = sigmas.tolist(), tuple(indices) if indices is not None else tuple(range(rows))
+    return lambda i, x, x0, v: on_step(Step(i + 1, len(values) - 1, values[i], values[i + 1], x, x0, v, rows))
 
 
 def euler(
@@ -92,6 +98,7 @@ def euler(
             indices: the rows' image indices for it.
     """
     steps, on_step = len(sigmas) - 1, step_callback(on_step)
+    report = _reporter(on_step, sigmas, x.shape[0], indices)
     for i in range(steps):
         v = velocity(x, sigmas[i], i)
         x0 = x - sigmas[i] * v if on_step is not None else None
@@ -100,7 +107,7 @@ def euler(
             x = x.to(round_to).float()
         if after_step is not None:
             x = after_step(i, x)
-        _report(on_step, i, sigmas, x, x0, v, indices)
+        report(i, x, x0, v)
     return x
 
 
@@ -122,6 +129,7 @@ def dpmpp_2m(
     As Stability's sd3_impls.py `sample_dpmpp_2m` applies it to SD3.
     """
     steps, on_step, previous = len(sigmas) - 1, step_callback(on_step), None
+    report = _reporter(on_step, sigmas, x.shape[0], indices)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         v = velocity(x, sigma, i)
@@ -140,7 +148,7 @@ def dpmpp_2m(
             x = x.to(round_to).float()
         if after_step is not None:
             x = after_step(i, x)
-        _report(on_step, i, sigmas, x, denoised, v, indices)
+        report(i, x, denoised, v)
     return x
 
 

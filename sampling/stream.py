@@ -103,7 +103,7 @@ def generate_many(
         raise ConfigurationError(f"`chunk_size` must be at least 1, got {chunk_size}")
     work = checks.work(pipe, requests, {**settings, "batch_size": batch_size},
                        edit=checks.edit(init_image, strength, mask), encode_per_batch=True)
-    checks.check_callback(pipe, on_step)
+    checks.check_callback(on_step, pipe.files.taesd)
     stats = stats if stats is not None else StreamStats()
     batches = list(work.batches)
     with tqdm(total=len(requests), desc="images", unit="image", disable=quiet) as bar:

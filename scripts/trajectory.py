@@ -5,9 +5,11 @@
     python scripts/trajectory.py ... --compare cfg=1        # a second row at cfg 1, and their difference
     python scripts/trajectory.py ... --compare slg=on       # skip-layer guidance on (3.5-medium)
 
-Takes every flag of `sd3 generate` (local files, --reference, --preview proj|taesd|vae, ...). Each
-frame is the step's x0 = x − σ·v (rectified flow), decoded by the preview kind (default `proj`, no
-model needed). With --compare, the third row is |A − B| per pixel, amplified 4x: where, and from
+Takes `sd3 generate`'s flags for the files (--checkpoint, --taesd, ...), --which, --dtype,
+--reference, --cpu, the prompt and negative prompt, the size, steps, cfg, shift, seed, sampler,
+--use-slg and --preview proj|taesd|vae; the others (LoRAs, image to image, batching, output paths)
+are not used here. Each frame is the step's x0 = x − σ·v (rectified flow), decoded by the preview
+kind (default `proj`, no model needed). With --compare, the third row is |A − B| per pixel, amplified 4x: where, and from
 which step on, the two settings part ways.
 """
 
@@ -21,10 +23,10 @@ from PIL import Image
 
 from sd3.cli import generate
 from sd3.errors import ConfigurationError, SD3Error
-from sd3.sampling import StableDiffusion3
+from sd3.sampling import StableDiffusion3, checks
 from sd3.sampling.previews import Preview, filmstrip
 
-COMPARABLE = {"cfg": float, "shift": float, "slg": lambda value: value == "on"}
+COMPARABLE = {"cfg": float, "shift": float, "slg": {"on": True, "off": False}.__getitem__}
 
 
 def parser():
@@ -37,14 +39,9 @@ def parser():
 
 def trajectory(pipe: StableDiffusion3, kind: str, **settings) -> tuple[list[Image.Image], list[float]]:
     """One generation's previews (image 0) and the σ each step started from."""
-    preview, sigmas = Preview(kind), []
-
-    def on_step(step) -> None:
-        sigmas.append(step.sigma)
-        preview(step)
-
-    pipe.generate(on_step=on_step, quiet=True, **settings)
-    return preview.frames[0], sigmas
+    preview = Preview(kind)  # the Preview itself: a taesd or vae one is lent its model by the pipeline
+    pipe.generate(on_step=preview, quiet=True, **settings)
+    return preview.frames[0], preview.sigmas[0]
 
 
 def difference(a: Image.Image, b: Image.Image, gain: float = 4.0) -> Image.Image:
@@ -59,14 +56,16 @@ def parse_compare(value: str) -> tuple[str, object]:
         raise ConfigurationError(f"--compare takes cfg=VALUE, shift=VALUE or slg=on/off, got '{value}'")
     try:
         return key, COMPARABLE[key](raw)
-    except ValueError:
-        raise ConfigurationError(f"--compare {key} needs a number, got '{raw}'") from None
+    except (ValueError, KeyError):
+        raise ConfigurationError(f"--compare {key} takes {'on or off' if key == 'slg' else 'a number'}, "
+                                 f"got '{raw}'") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         compare = parse_compare(args.compare) if args.compare else None
+        checks.check_callback(Preview(args.preview or "proj"), args.taesd)
         pipe = StableDiffusion3.from_variant(args.which, files=generate.file_overrides(args), dtype=args.dtype,
                                              reference=args.reference, device="cpu" if args.cpu else None, keep="all")
         settings = dict(prompts=args.prompt, negative_prompts=args.uncond_prompt, height=args.height,

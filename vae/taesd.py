@@ -82,7 +82,7 @@ class TinyEncoder(nn.Module):
 
 
 class TinyAutoencoder(nn.Module):
-    """TAESD3's decoder and, where the file has it, its encoder (`encoder` is then None otherwise)."""
+    """TAESD3's decoder and its encoder; `encoder` is None for a file that holds the decoder alone."""
 
     def __init__(self, latent_channels: int = LATENT_CHANNELS, width: int = WIDTH, encoder: bool = True) -> None:
         super().__init__()

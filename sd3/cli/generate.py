@@ -30,6 +30,7 @@ from sd3.jobs.distributed import Rank
 from sd3.jobs.images import check_image_path, image_parameters, save_image
 from sd3.lora import load_lora
 from sd3.sampling import img2img
+from sd3.sampling import checks
 from sd3.sampling.checks import DECODERS, DEFAULT_STRENGTH
 from sd3.sampling.previews import KINDS, Preview
 from sd3.sampling import FILE_NAMES, REFERENCES, SAMPLERS, VARIANTS, GenerationOptions, Reference, StableDiffusion3
@@ -166,6 +167,7 @@ def run(args) -> None:
     edit = img2img.check_inputs(args.init_image, args.strength, args.mask)
     loras = [(load_lora(path), scale) for path, scale in map(parse_lora, args.lora)]  # read and checked now
     preview = Preview(args.preview, every=args.preview_interval, path=args.preview_path) if args.preview else None
+    checks.check_callback(preview, args.taesd)
     if many and args.init_image:
         raise ConfigurationError("--init-image and --mask work with one --prompt, not with --prompts-file or --output-dir")
     if many:

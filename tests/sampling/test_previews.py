@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 
 from sd3 import ConfigurationError, StableDiffusion3
 from sd3.sampling import GuidedVelocity, Reference, initial_noise
-from sd3.sampling.previews import LATENT_RGB_FACTORS, Preview
-from sd3.sampling.samplers import Step
+from sd3.sampling.previews import LATENT_RGB_FACTORS, Preview, project
+from sd3.sampling.samplers import Step, euler
 from sd3.testing.tiny.taesd import taesd_state_dict
 from sd3.vae import load_taesd, to_pil
 
@@ -28,10 +28,12 @@ def with_taesd(files, taesd_file):
     return dataclasses.replace(files, taesd=taesd_file)
 
 
-@pytest.mark.parametrize("reference", ["default", "diffusers", "candle"])
+@pytest.mark.parametrize("reference, dtype", [("default", "float32"), ("diffusers", "float32"),
+                                              ("stability", "float32"), ("candle", "bfloat16")])
 @pytest.mark.parametrize("sampler_name", ["euler", "dpmpp_2m"])
-def test_x0_is_the_latents_minus_sigma_times_the_velocity_the_model_gives(files, reference, sampler_name):
-    pipe = StableDiffusion3(files, keep="all", reference=reference)
+def test_x0_is_the_latents_minus_sigma_times_the_velocity_the_model_gives(files, reference, dtype, sampler_name):
+    """Candle in bfloat16 rounds the latents after each step: x0 is still from the step's start."""
+    pipe = StableDiffusion3(files, keep="all", reference=reference, dtype=dtype)
     steps: list[Step] = []
     pipe.generate("a cat", "blurry", seed=3, sampler_name=sampler_name, on_step=steps.append, **ARGS)
     ref = Reference.named(reference)
@@ -62,7 +64,29 @@ def test_the_proj_preview_is_the_factors_applied_by_hand():
     preview = Preview("proj")
     preview(Step(1, 1, 1.0, 0.0, x0, x0, x0, (0,)))
     by_hand = sum(x0[:, c, None] * torch.tensor(LATENT_RGB_FACTORS[c])[None, :, None, None] for c in range(16))
-    assert preview.frames[0][0].tobytes() == to_pil(by_hand)[0].tobytes()
+    assert preview.frames[0][0].tobytes() == to_pil(by_hand)[0].tobytes() and preview.sigmas[0] == [1.0]
+    # Rows typed from Stability's sd3_impls.py (SD3LatentFormat.decode_latent_to_preview): a unit latent in
+    # channel c is row c of its table.
+    for channel, rgb in ((0, (-0.0645, 0.0177, 0.1052)), (2, (0.1848, 0.0762, 0.0360)), (10, (0.1106, 0.1171, 0.1220)),
+                         (15, (-0.1418, -0.1457, -0.1259))):
+        unit = torch.zeros(1, 16, 1, 1)
+        unit[0, channel] = 1
+        assert project(unit).flatten().tolist() == pytest.approx(rgb, abs=1e-7)
+
+
+def test_preview_paths_and_new_style_callbacks_with_defaults(tmp_path):
+    assert Preview(path=f"{tmp_path}/frames/").folder == tmp_path / "frames"
+    assert Preview(path=tmp_path / "live.png").file == tmp_path / "live.png"
+    for bad in (tmp_path / "frames", tmp_path / "no-such-folder" / "a.png", tmp_path / "a.psd"):
+        with pytest.raises(ConfigurationError, match="`preview_path`"):
+            Preview(path=bad)
+    seen = []
+
+    def callback(step, log=None, verbose=False):  # one required parameter: a Step, not (step, steps, latents)
+        seen.append(type(step))
+
+    euler(lambda x, s, i: x, torch.ones(1), torch.tensor([1.0, 0.5, 0.0]), on_step=callback)
+    assert seen == [Step, Step]
 
 
 def test_generate_many_gives_one_preview_per_image_and_every_n_steps(files, tmp_path):
@@ -71,7 +95,7 @@ def test_generate_many_gives_one_preview_per_image_and_every_n_steps(files, tmp_
     list(pipe.generate_many(["a cat", "a dog", "a red chair"], batch_size=2, on_step=kept, **ARGS))
     assert sorted(kept.frames) == [0, 1, 2] and all(len(frames) == 2 for frames in kept.frames.values())  # 2 and 3
     assert kept.frames[0][0].size == (6, 4)  # one pixel per latent pixel
-    list(pipe.generate_many(["a cat", "a dog"], on_step=Preview("proj", path=folder), **ARGS))
+    list(pipe.generate_many(["a cat", "a dog"], on_step=Preview("proj", path=f"{folder}/"), **ARGS))
     assert sorted(p.name for p in folder.iterdir()) == [f"{i:05d}-{s:03d}.png" for i in range(2) for s in (1, 2, 3)]
     pipe.generate(["a cat", "a dog"], on_step=Preview("proj", path=tmp_path / "preview.png"), **ARGS)
     assert (tmp_path / "preview.png").is_file() and (tmp_path / "preview-1.png").is_file()
@@ -84,7 +108,7 @@ def test_taesd_and_vae_previews_are_lent_their_model(with_taesd, taesd_file):
     pipe.generate("a cat", on_step=tiny, **ARGS)
     pipe.generate("a cat", on_step=full, **ARGS)
     assert tiny.frames[0][0].size == full.frames[0][0].size == (48, 32) and len(tiny.frames[0]) == 3
-    assert "taesd" in loaded and pipe.models.models == {} and tiny.decoder is None  # lent, then given back
+    assert "taesd" in loaded and pipe.models.models == {} and tiny._decoder is None  # lent, then given back
     with torch.no_grad():  # at the last step σ_next = 0: x0 is the final latents, decoded by the TAESD alone
         latents = pipe.generate("a cat", on_step=None, **ARGS).latents
         alone = to_pil(load_taesd(taesd_file).decode(latents))[0]
@@ -111,3 +135,11 @@ def test_taesd3_decodes_the_final_images(with_taesd, taesd_file):
     with torch.no_grad():
         want = to_pil(load_taesd(taesd_file).decode(result.latents))
     assert result.images[0].tobytes() == want[0].tobytes() and "vae" not in pipe.models.models
+
+
+def test_a_staged_stream_loads_each_decoder_once_per_chunk(with_taesd):
+    loaded = []
+    pipe = StableDiffusion3(with_taesd, keep="stage", decoder="taesd3", on_load=lambda name, m: loaded.append(name))
+    list(pipe.generate_many(["a cat", "a dog", "a red chair"], chunk_size=3, on_step=Preview("vae"), **ARGS))
+    assert loaded.count("taesd") == 1 and loaded.count("vae") == 1 and loaded.count("mmdit") == 1
+    assert pipe.models.models == {}
