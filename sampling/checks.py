@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import replace
 
 import torch
@@ -93,6 +94,8 @@ def check_decoder(decoder: str, taesd) -> None:
     if decoder == "taesd3" and taesd is None:
         raise ConfigurationError('`decoder="taesd3"` needs a TAESD3 file: give `files["taesd"]`')
     if taesd is not None:
+        if not Path(taesd).is_file():
+            raise ConfigurationError(f'`files["taesd"]` {taesd}: file not found')
         load_taesd(taesd, device="meta")
 
 

@@ -57,7 +57,8 @@ class Preview:
     """A ready-made `on_step` callback: every `every` steps (and after the last), each image's x0 as a picture.
 
     Args:
-        kind: "proj", "taesd" or "vae" (the table above).
+        kind: "proj" (frames of the latent's size, 1/8 of the image's), "taesd" or "vae" (the
+            image's size): the table in this module's docstring.
         every: the preview interval, in steps.
         path: None keeps the frames in `frames` (image index -> PIL images, one per preview, with
             the σ of each in `sigmas`; both grow over calls until cleared); a file name
@@ -72,9 +73,9 @@ class Preview:
 
     def __init__(self, kind: str = "proj", *, every: int = 1, path: str | os.PathLike | None = None) -> None:
         if kind not in KINDS:
-            raise ConfigurationError(f"unknown `preview` '{kind}'; choose one of {', '.join(KINDS)}")
+            raise ConfigurationError(f"unknown preview `kind` '{kind}'; choose one of {', '.join(KINDS)}")
         if every < 1:
-            raise ConfigurationError(f"`preview_interval` must be at least 1, got {every}")
+            raise ConfigurationError(f"`every` must be at least 1, got {every}")
         self.kind, self.every = kind, every
         self.folder, self.file = _where(path)
         self.frames: dict[int, list[Image.Image]] = {}
@@ -124,10 +125,9 @@ def _where(path: str | os.PathLike | None) -> tuple[Path | None, Path | None]:
         return path, None
     formats = Image.registered_extensions()
     if formats.get(path.suffix.lower()) not in Image.SAVE:
-        raise ConfigurationError(f"`preview_path` {path}: not an image file name (.png, .jpg, ...) nor a folder "
-                                 "ending in /")
+        raise ConfigurationError(f"`path` {path}: not an image file name (.png, .jpg, ...) nor a folder ending in /")
     if not path.parent.is_dir():
-        raise ConfigurationError(f"`preview_path` {path}: the folder {path.parent} does not exist")
+        raise ConfigurationError(f"`path` {path}: the folder {path.parent} does not exist")
     return None, path
 
 

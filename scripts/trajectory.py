@@ -1,14 +1,14 @@
 """The x0 trajectory of one generation as a filmstrip: what the model predicts at every step, with σ under it.
 
     python scripts/trajectory.py --which 3.5-medium --prompt "a photo of a cat" --num-inference-steps 12 \\
-        --height 512 --width 512 --seed 0 --filmstrip trajectory.png
+        --height 512 --width 512 --seed 0 --final-image trajectory.png
     python scripts/trajectory.py ... --compare cfg=1        # a second row at cfg 1, and their difference
     python scripts/trajectory.py ... --compare slg=on       # skip-layer guidance on (3.5-medium)
 
 Takes `sd3 generate`'s flags for the files (--checkpoint, --taesd, ...), --which, --dtype,
 --reference, --cpu, the prompt and negative prompt, the size, steps, cfg, shift, seed, sampler,
---use-slg and --preview proj|taesd|vae; the others (LoRAs, image to image, batching, output paths)
-are not used here. Each frame is the step's x0 = x − σ·v (rectified flow), decoded by the preview
+--use-slg, --preview proj|taesd|vae and --final-image (the strip; default trajectory.png); the
+others (LoRAs, image to image, several images, preview files) are refused: it renders one image's steps. Each frame is the step's x0 = x − σ·v (rectified flow), decoded by the preview
 kind (default `proj`, no model needed). With --compare, the third row is |A − B| per pixel, amplified 4x: where, and from
 which step on, the two settings part ways.
 """
@@ -26,13 +26,15 @@ from sd3.errors import ConfigurationError, SD3Error
 from sd3.sampling import StableDiffusion3, checks
 from sd3.sampling.previews import Preview, filmstrip
 
+UNUSED = ("--lora", "--init-image", "--mask", "--strength", "--latents", "--save-latents", "--prompts-file",
+          "--output-dir", "--tile-size", "--preview-path", "--preview-interval", "--compile", "--tracing")
 COMPARABLE = {"cfg": float, "shift": float, "slg": {"on": True, "off": False}.__getitem__}
 
 
 def parser():
     p = generate.parser()
     p.prog, p.description = "scripts/trajectory.py", __doc__.split("\n")[0]
-    p.add_argument("--filmstrip", default="trajectory.png", help="where the strip goes (PNG)")
+    p.set_defaults(final_image="trajectory.png")  # the filmstrip's file
     p.add_argument("--compare", help="a second setting, rendered below the first: cfg=VALUE, shift=VALUE or slg=on/off")
     return p
 
@@ -64,6 +66,10 @@ def parse_compare(value: str) -> tuple[str, object]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        unused = [flag for flag in UNUSED if getattr(args, flag.lstrip("-").replace("-", "_")) not in (None, [], False)]
+        if unused or args.num_images != 1:
+            raise ConfigurationError(f"scripts/trajectory.py does not use {(unused or ['--num-images'])[0]}: it "
+                                     "renders one image's steps")
         compare = parse_compare(args.compare) if args.compare else None
         checks.check_callback(Preview(args.preview or "proj"), args.taesd)
         pipe = StableDiffusion3.from_variant(args.which, files=generate.file_overrides(args), dtype=args.dtype,
@@ -79,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             rows += [other, [difference(a, b) for a, b in zip(frames, other)]]
             names = [_name(pipe, settings), args.compare, "|A - B| x4"]
         strip = filmstrip(rows, [f"sigma {s:.3f}" for s in sigmas], names=names)
-        strip.save(Path(args.filmstrip))
+        strip.save(Path(args.final_image))
     except SD3Error as error:
         print(f"error: {generate.to_flags(str(error))}", file=sys.stderr)
         return 1
     if not args.quiet:
-        print(f"{len(sigmas)} steps, {len(rows)} row(s); saved {args.filmstrip}", file=sys.stderr)
+        print(f"{len(sigmas)} steps, {len(rows)} row(s); saved {args.final_image}", file=sys.stderr)
     return 0
 
 

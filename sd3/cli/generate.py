@@ -48,6 +48,7 @@ FLAGS = {
     "final_image": "--final-image", "overwrite=True": "--overwrite", "init_image": "--init-image",
     "strength": "--strength", "mask": "--mask", "preview": "--preview", "preview_interval": "--preview-interval",
     "preview_path": "--preview-path", "decoder": "--vae-decoder", 'decoder="taesd3"': "--vae-decoder taesd3",
+    "kind": "--preview", "every": "--preview-interval", "path": "--preview-path",
     "strict=False": "--lora-ignore-unmatched", 'dtype="bfloat16"': "--dtype bfloat16",
     'dtype="float32"': "--dtype float32", 'device="cpu"': "--cpu", 'files["t5xxl"]=None': "--no-t5",
     "files": "file flags", **{f'files["{name}"]': "--" + name.replace("_", "-") for name in FILE_NAMES},
@@ -112,9 +113,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--save-latents", help="write the final latents (before decoding) to this .safetensors file")
     p.add_argument("--preview", choices=KINDS, help="show each step's predicted image (x0): proj (a linear map, "
                    "no model), taesd (TAESD3, needs --taesd) or vae (the full VAE), as stable-diffusion.cpp's flag")
-    p.add_argument("--preview-path", default="preview.png", help="with --preview: a file rewritten at every preview "
+    p.add_argument("--preview-path", help="with --preview (default preview.png): a file rewritten at every preview "
                    "(preview-K.png for image K > 0), or a folder (ending in /) of numbered frames")
-    p.add_argument("--preview-interval", type=int, default=1, help="with --preview: every N steps")
+    p.add_argument("--preview-interval", type=int, help="with --preview: every N steps (default 1)")
     p.add_argument("--taesd", help="a TAESD3 .safetensors file (madebyollin/taesd3, either layout): for "
                    "--preview taesd and --vae-decoder taesd3")
     p.add_argument("--vae-decoder", choices=list(DECODERS), default="vae", help="what decodes the final images: the "
@@ -166,7 +167,7 @@ def run(args) -> None:
     many = args.prompts_file is not None or args.output_dir is not None
     edit = img2img.check_inputs(args.init_image, args.strength, args.mask)
     loras = [(load_lora(path), scale) for path, scale in map(parse_lora, args.lora)]  # read and checked now
-    preview = Preview(args.preview, every=args.preview_interval, path=args.preview_path) if args.preview else None
+    preview = previews(args)
     checks.check_callback(preview, args.taesd)
     if many and args.init_image:
         raise ConfigurationError("--init-image and --mask work with one --prompt, not with --prompts-file or --output-dir")
@@ -209,6 +210,19 @@ def run(args) -> None:
         rank.stop()
 
 
+def previews(args) -> Preview | None:
+    """--preview's callback, checked now; --preview-path and --preview-interval need --preview."""
+    if args.preview is None:
+        given = [flag for flag, value in (("--preview-path", args.preview_path),
+                                          ("--preview-interval", args.preview_interval)) if value is not None]
+        if given:
+            raise ConfigurationError(f"{given[0]} needs --preview proj, taesd or vae")
+        return None
+    path = args.preview_path or "preview.png"
+    logging.getLogger(__name__).info("previews (%s) in %s", args.preview, path)
+    return Preview(args.preview, every=1 if args.preview_interval is None else args.preview_interval, path=path)
+
+
 def parse_lora(value: str) -> tuple[Path, float]:
     """`PATH[:SCALE]` -> (path, scale)."""
     path, _, scale = value.rpartition(":")
@@ -248,7 +262,8 @@ def one_call(args, sd3, settings, latents, edit, preview) -> None:
     seconds = result.timings["denoise"]
     if not args.quiet:
         print(f"{len(result.images)} image(s), {total_steps} steps in {seconds:.2f}s "
-              f"({total_steps / max(seconds, 1e-9):.2f} it/s); saved {out}", file=sys.stderr)
+              f"({total_steps / max(seconds, 1e-9):.2f} it/s); saved "
+              f"{out if len(result.images) == 1 else out.with_name(out.stem + '-*' + out.suffix)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

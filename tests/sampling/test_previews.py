@@ -78,7 +78,7 @@ def test_preview_paths_and_new_style_callbacks_with_defaults(tmp_path):
     assert Preview(path=f"{tmp_path}/frames/").folder == tmp_path / "frames"
     assert Preview(path=tmp_path / "live.png").file == tmp_path / "live.png"
     for bad in (tmp_path / "frames", tmp_path / "no-such-folder" / "a.png", tmp_path / "a.psd"):
-        with pytest.raises(ConfigurationError, match="`preview_path`"):
+        with pytest.raises(ConfigurationError, match="`path` "):
             Preview(path=bad)
     seen = []
 
@@ -125,7 +125,7 @@ def test_a_taesd_preview_or_decoder_without_its_file_is_refused_before_anything_
     with pytest.raises(ConfigurationError, match=r'`decoder="taesd3"` needs a TAESD3 file'):
         StableDiffusion3(files, decoder="taesd3")
     assert loaded == []
-    with pytest.raises(ConfigurationError, match="unknown `preview` 'tae'"):
+    with pytest.raises(ConfigurationError, match="unknown preview `kind` 'tae'"):
         Preview("tae")
 
 

@@ -44,11 +44,21 @@ def test_trajectory_filmstrip_and_comparison(tmp_path):
              str(tiny.clip_l_tokenizer), "--clip-g-tokenizer", str(tiny.clip_g_tokenizer), "--t5-tokenizer",
              str(tiny.t5_tokenizer), "--height", "64", "--width", "64", "--num-inference-steps", "4", "--cfg-scale", "4",
              "--cpu", "--quiet"]
-    _run("scripts/trajectory.py", *files, "--filmstrip", str(tmp_path / "one.png"))
-    _run("scripts/trajectory.py", *files, "--compare", "cfg=1", "--filmstrip", str(tmp_path / "two.png"))
+    _run("scripts/trajectory.py", *files, "--final-image", str(tmp_path / "one.png"))
+    _run("scripts/trajectory.py", *files, "--compare", "cfg=1", "--final-image", str(tmp_path / "two.png"))
     one, two = Image.open(tmp_path / "one.png"), Image.open(tmp_path / "two.png")
     assert one.size == (96 + 4 * 128, 128 + 18) and two.size == (96 + 4 * 128, 3 * 128 + 18)
     difference = two.crop((96, 2 * 128, 96 + 4 * 128, 3 * 128)).convert("L")
     assert difference.getextrema()[1] > 0  # cfg 1 and 4 part ways
     first_column = two.crop((96, 2 * 128, 96 + 128, 3 * 128)).convert("L")
     assert first_column.getextrema()[1] > 0  # already at the first step: the velocity differs
+
+
+def test_trajectory_refuses_flags_it_does_not_use(tmp_path):
+    for flags, message in ((["--lora", "style.safetensors"], "does not use --lora"),
+                           (["--num-images", "3"], "does not use --num-images"),
+                           (["--compare", "slg=yes"], "--compare slg takes on or off, got 'yes'")):
+        done = subprocess.run([sys.executable, "scripts/trajectory.py", "--cpu", *flags], capture_output=True,
+                              text=True, cwd=ROOT, timeout=300)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

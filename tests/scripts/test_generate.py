@@ -250,3 +250,10 @@ def test_previews_in_an_output_dir_job(tiny, tmp_path):
     assert run(tiny, "--prompts-file", str(prompts), "--output-dir", str(tmp_path / "out"), "--preview", "proj",
                "--preview-path", f"{frames}/", "--preview-interval", "2") == 0
     assert sorted(p.name for p in frames.iterdir()) == ["00000-002.png", "00001-002.png"]  # one set per image
+
+
+def test_preview_flags_need_preview(tiny, tmp_path, capsys):
+    for flags in (["--preview-path", str(tmp_path / "x.png")], ["--preview-interval", "2"]):
+        assert run(tiny, *flags, out=tmp_path / "a.png") == 1
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {flags[0]} needs --preview proj, taesd or vae"
+    assert not (tmp_path / "a.png").exists()
