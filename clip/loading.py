@@ -31,10 +31,15 @@ def _load_clip(
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     with open_checkpoint(source) as checkpoint:
         tensors = checkpoint.component(prefix).without(*_IGNORED)
+        if "text_projection" in tensors:  # OpenCLIP's bare projection, as ComfyUI's CLIPSave writes it
+            if config.get("project_pooled") and "text_projection.weight" not in tensors:
+                tensors = tensors.transposed("text_projection", "text_projection.weight")
+            else:  # CLIP-L's pooled vector goes to SD3 unprojected
+                tensors = tensors.without("text_projection")
         if config.get("project_pooled") and "text_projection.weight" not in tensors:
             raise ModelLoadingError(
-                f"{what} checkpoint {tensors.description} has no text_projection.weight, which CLIP-G "
-                "needs; is this a CLIP-L file?"
+                f"{what} checkpoint {tensors.description} has no text projection ('text_projection.weight', or "
+                "OpenCLIP's bare 'text_projection'), which projects CLIP-G's pooled vector"
             )
         with torch.device("meta"):
             model = CLIPTextModel(CLIPConfig.from_state_dict(tensors.shapes(), **config))

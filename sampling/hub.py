@@ -77,7 +77,7 @@ def resolve(
     except LocalEntryNotFoundError:
         raise ModelLoadingError(
             f"cannot reach the Hugging Face Hub and {where} is not in the cache; connect (and unset "
-            f'HF_HUB_OFFLINE), or give local files as `files["{name}"]` and the other `files` entries'
+            f'HF_HUB_OFFLINE), or give `files["{name}"]` and the other files locally'
         ) from None
     except (RevisionNotFoundError, EntryNotFoundError) as error:
         raise ModelLoadingError(f"{where} does not exist at that revision ({type(error).__name__})") from None

@@ -101,4 +101,5 @@ def load_strict(
 def _listing(kind: str, items: list[str]) -> str:
     shown = ", ".join(items[:_SHOWN])
     more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-    return f"{len(items)} {kind}{'s' if len(items) != 1 else ''} ({shown}{more})"
+    plural = "" if len(items) == 1 else "es" if kind.endswith(("ch", "s")) else "s"  # mismatches, keys
+    return f"{len(items)} {kind}{plural} ({shown}{more})"

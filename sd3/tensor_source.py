@@ -89,6 +89,24 @@ class TensorSource:
         names = {k: v for k, v in self._names.items() if k not in keys}
         return TensorSource(names, self._shape, self._read, self.description, self._quantized, self._quantized_bytes)
 
+    def transposed(self, key: str, as_key: str) -> TensorSource:
+        """A view in which the 2-D tensor `key` is seen as `as_key`, transposed: OpenCLIP's bare
+        `text_projection` ([in, out], applied as x @ P) as a Linear's `text_projection.weight` ([out, in])."""
+        stored = self._names[key]
+        names = {as_key if k == key else k: v for k, v in self._names.items()}
+
+        def shape(name: str) -> tuple[int, ...]:
+            return tuple(reversed(self._shape(name))) if name == stored else self._shape(name)
+
+        def read(name: str, dtype: torch.dtype | None) -> torch.Tensor:
+            tensor = self._read(name, dtype)
+            return tensor.T.contiguous() if name == stored else tensor
+
+        def quantized(name: str) -> QuantizedTensor | None:  # a transposed one is read dequantised
+            return None if name == stored else self._quantized(name)
+
+        return TensorSource(names, shape, read, self.description, quantized, self._quantized_bytes)
+
     def renamed(self, aliases: Mapping[str, str]) -> TensorSource:
         """A view in which each key `old` of `aliases` that is present is seen as `aliases[old]`."""
         names = {aliases.get(k, k): v for k, v in self._names.items()}

@@ -90,12 +90,19 @@ def open_gguf(path: Path) -> Iterator:
             architecture (Flux, SDXL, an LLM); a tensor type this project does not dequantise.
     """
     gguf = require_gguf()
+    readable = gguf.gguf_reader.READER_SUPPORTED_VERSIONS
+    with open(path, "rb") as file:
+        magic, version = file.read(4), int.from_bytes(file.read(4), "little")
+    if magic != b"GGUF" or version not in readable:  # a whole file, of a kind this reader cannot take
+        what = "not a GGUF file (no GGUF magic)" if magic != b"GGUF" else f"a GGUF file of version {version}"
+        raise ModelLoadingError(f"{path} is {what}; this project reads GGUF versions "
+                                f"{', '.join(map(str, readable))}")
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, KeyError, IndexError, OSError) as error:
         raise ModelLoadingError(
-            f"{path} is not a readable GGUF file ({error}). It may be truncated (an interrupted "
-            "download?), corrupt, or another format: delete it and download it again."
+            f"{path} is not a readable GGUF file ({error}). Its header is sound, so it is most likely "
+            "truncated (an interrupted download?) or corrupt: delete it and download it again."
         ) from error
     architecture = _architecture(reader)
     names = [t.name for t in reader.tensors]

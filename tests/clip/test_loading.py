@@ -10,8 +10,27 @@ from sd3.testing.tiny.text import TinyCLIP, TinyT5, clip_state_dict, t5_state_di
 
 
 def test_clip_g_needs_its_projection():
-    with pytest.raises(ModelLoadingError, match="no text_projection.weight.*CLIP-L file"):
+    with pytest.raises(ModelLoadingError, match=r"has no text projection \('text_projection.weight', or OpenCLIP's "
+                                                r"bare 'text_projection'\), which projects CLIP-G's pooled vector"):
         load_clip_g(clip_state_dict(TinyCLIP(vocab=100)))
+
+
+def test_a_bare_openclip_projection_is_transposed_on_clip_g_and_ignored_on_clip_l(tmp_path):
+    """ComfyUI's CLIPSave writes OpenCLIP's `text_projection` ([in, out], x @ P); transformers' is a Linear
+    weight ([out, in]). The tiny projection is square, as CLIP-G's is: a missing transpose would load."""
+    with_weight = clip_state_dict(TinyCLIP(vocab=100, projection=True), seed=2)
+    bare = {k: v for k, v in with_weight.items() if k != "text_projection.weight"}
+    bare["text_projection"] = with_weight["text_projection.weight"].T.contiguous()
+    assert bare["text_projection"].shape[0] == bare["text_projection"].shape[1]
+    save_file(bare, str(tmp_path / "clip_g_comfy.safetensors"))
+    ids = torch.tensor([[98, 5, 6, 99] + [99] * 73])
+    want = load_clip_g(with_weight)(ids)[1]
+    assert torch.equal(load_clip_g(tmp_path / "clip_g_comfy.safetensors")(ids)[1], want)
+    assert not torch.equal(load_clip_g({**bare, "text_projection": with_weight["text_projection.weight"]})(ids)[1],
+                           want)  # untransposed: another vector
+    plain = clip_state_dict(TinyCLIP(vocab=100), seed=2)
+    assert torch.equal(load_clip_l({**plain, "text_projection": bare["text_projection"]})(ids)[1],
+                       load_clip_l(plain)(ids)[1])
 
 
 def test_clip_l_file_with_a_projection_loads_and_ignores_it():

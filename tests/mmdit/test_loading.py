@@ -135,6 +135,13 @@ def test_shape_mismatch_is_listed(state_dict):
         load_mmdit({**state_dict, key: torch.ones(5)})
 
 
+def test_two_shape_mismatches_are_counted_in_good_english(state_dict):
+    keys = ["model.diffusion_model.joint_blocks.1.context_block.mlp.fc1.bias",
+            "model.diffusion_model.joint_blocks.0.context_block.mlp.fc1.bias"]
+    with pytest.raises(ModelLoadingError, match=r"2 shape mismatches \("):
+        load_mmdit({**state_dict, **{key: torch.ones(5) for key in keys}})
+
+
 def test_non_square_position_table(state_dict):
     key = "model.diffusion_model.pos_embed"
     with pytest.raises(ConfigurationError, match="not a square grid"):

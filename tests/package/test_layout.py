@@ -47,6 +47,12 @@ def test_every_parameter_a_library_message_names_has_a_flag():
     assert sorted(unmapped) == []
 
 
+def test_library_messages_have_no_doubled_word():
+    doubled = [(p.relative_to(ROOT), t) for p in LIBRARY for t in _raised_strings(p)
+               if re.search(r"\b(\w+) \1\b", t, re.IGNORECASE)]
+    assert doubled == []
+
+
 def test_to_flags_turns_library_advice_into_flags():
     message = 'needs 9 GiB; use `dtype="bfloat16"` or `files["t5xxl"]=None`, or `device="cpu"`'
     assert to_flags(message) == "needs 9 GiB; use --dtype bfloat16 or --no-t5, or --cpu"

@@ -136,6 +136,19 @@ def test_a_truncated_file_says_so(tiny, tmp_path):
             load_mmdit(tmp_path / "cut.gguf")
 
 
+def test_a_whole_file_of_another_kind_is_not_called_truncated(tiny, tmp_path):
+    data = bytearray(write_gguf(tiny.checkpoint, tmp_path / "mmdit.gguf", "Q8_0").read_bytes())
+    newer = bytearray(data)
+    newer[4:8] = (99).to_bytes(4, "little")
+    (tmp_path / "v99.gguf").write_bytes(newer)
+    (tmp_path / "other.gguf").write_bytes(b"GGML" + data[4:])
+    for name, message in (("v99.gguf", "is a GGUF file of version 99; this project reads GGUF versions 2, 3"),
+                          ("other.gguf", "is not a GGUF file")):
+        with pytest.raises(ModelLoadingError, match=message) as info:
+            load_mmdit(tmp_path / name)
+        assert "truncated" not in str(info.value) and "download it again" not in str(info.value)
+
+
 def test_without_the_gguf_package_the_message_says_what_to_install(tiny, tmp_path, monkeypatch):
     path = write_gguf(tiny.checkpoint, tmp_path / "mmdit.gguf", "Q8_0")
     monkeypatch.setitem(__import__("sys").modules, "gguf", None)
