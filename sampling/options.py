@@ -107,8 +107,9 @@ class GenerationOptions:
 
 
 def check_tile_size(tile_size: int | None) -> None:
-    """Refuse a `tile_size` (latent pixels) that does not exceed the tiles' overlap."""
-    if tile_size is not None and tile_size <= DECODE_TILE_OVERLAP:
+    """Refuse a `tile_size` (latent pixels) too small to blend: under twice the tiles' overlap."""
+    if tile_size is not None and tile_size < 2 * DECODE_TILE_OVERLAP:
         raise ConfigurationError(
-            f"`tile_size` must exceed the {DECODE_TILE_OVERLAP} latent pixels that tiles overlap, got {tile_size}"
+            f"`tile_size` must be at least {2 * DECODE_TILE_OVERLAP} (twice the {DECODE_TILE_OVERLAP} latent pixels "
+            f"that tiles overlap), got {tile_size}"
         )

@@ -1,5 +1,11 @@
 """Tiled decoding and encoding: overlapping tiles, blended with linear ramps so no seam shows.
 
+Tiles are spread evenly, so every pair of neighbours shares at least the overlap (more where the
+image is not a multiple of the stride), and each tile's weight ramps linearly across exactly what
+it shares, in both directions. A tile must be at least twice the overlap: then a value changes
+across any border no faster than a linear blend over the overlap would change it, whatever the
+sizes (tests/vae/test_tiling.py; stable-diffusion.cpp fixed the same faults in its PRs 372 and 484).
+
 Activation memory grows with the tile size, not the image size; only the output itself grows
 with the image. The mid block attends globally and GroupNorm pools statistics over the whole
 input, so a tiled result is close to, not equal to, the untiled one (tests/vae/test_tiling.py
@@ -8,6 +14,7 @@ states by how much). Untiled is the default wherever the image fits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -16,22 +23,24 @@ from sd3.errors import VAEDecodingError
 
 
 def _starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Tile start offsets covering [0, size) with at least `overlap` shared between neighbours."""
+    """Tile start offsets covering [0, size): the fewest tiles whose neighbours share at least
+    `overlap` pixels, spread evenly, so the overlaps grow alike where `size` is not a multiple."""
     if size <= tile:
         return [0]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
+    count = math.ceil((size - overlap) / (tile - overlap))
+    return [round(k * (size - tile) / (count - 1)) for k in range(count)]
 
 
-def _ramp(length: int, fade: int, fade_in: bool, fade_out: bool) -> torch.Tensor:
-    """Weights (length,) rising over the first `fade` values and falling over the last, never 0."""
+def _ramp(length: int, rise: int, fall: int) -> torch.Tensor:
+    """Weights (length,): rising linearly over the first `rise` values (the overlap with the tile
+    before), falling over the last `fall` (with the tile after), 1 between; where the two ramps
+    meet in a short tile, the smaller wins, so the weights stay continuous. Never 0."""
+    i = torch.arange(length, dtype=torch.float32) + 0.5
     weights = torch.ones(length)
-    ramp = (torch.arange(fade, dtype=torch.float32) + 0.5) / fade
-    if fade_in:
-        weights[:fade] = ramp
-    if fade_out:
-        weights[length - fade :] = ramp.flip(0)
+    if rise:
+        weights = torch.minimum(weights, i / rise)
+    if fall:
+        weights = torch.minimum(weights, (length - i) / fall)
     return weights
 
 
@@ -45,24 +54,30 @@ def tiled(
         x: the input, (b, c, h, w).
         tile: tile side in input pixels; overlap: pixels shared by neighbouring tiles.
     """
-    if not 0 < overlap < tile:
-        raise VAEDecodingError(f"tile overlap must be between 0 and the tile size {tile}, got {overlap}")
+    if not 0 < 2 * overlap <= tile:
+        raise VAEDecodingError(f"a tile of {tile} must be at least twice its overlap, got an overlap of {overlap}")
     _, _, height, width = x.shape
     rows, cols = _starts(height, tile, overlap), _starts(width, tile, overlap)
     out = weight = None
-    for top in rows:
-        for left in cols:
+    for r, top in enumerate(rows):
+        for c, left in enumerate(cols):
             th, tw = min(tile, height), min(tile, width)
             piece = fn(x[:, :, top : top + th, left : left + tw]).float()
             if out is None:
                 out = torch.zeros(*piece.shape[:2], round(height * scale), round(width * scale), device=piece.device)
                 weight = torch.zeros(1, 1, *out.shape[2:], device=piece.device)
-            fade = round(overlap * scale)
-            mask = _ramp(piece.shape[2], fade, top > 0, top + th < height)[:, None] * _ramp(
-                piece.shape[3], fade, left > 0, left + tw < width
-            )[None, :]
+            # Ramps across each actual overlap (in output pixels), in both directions: corners blend too.
+            mask = _ramp(piece.shape[2], *_shared(rows, r, th, scale))[:, None] * \
+                _ramp(piece.shape[3], *_shared(cols, c, tw, scale))[None, :]
             mask = mask.to(piece.device)
             y0, x0 = round(top * scale), round(left * scale)
             out[:, :, y0 : y0 + piece.shape[2], x0 : x0 + piece.shape[3]] += piece * mask
             weight[:, :, y0 : y0 + piece.shape[2], x0 : x0 + piece.shape[3]] += mask
     return out / weight
+
+
+def _shared(starts: list[int], k: int, tile: int, scale: float) -> tuple[int, int]:
+    """Output pixels tile k shares with the tile before it and with the one after it."""
+    before = round((starts[k - 1] + tile - starts[k]) * scale) if k > 0 else 0
+    after = round((starts[k] + tile - starts[k + 1]) * scale) if k + 1 < len(starts) else 0
+    return before, after

@@ -22,7 +22,7 @@ def watched(files):
     [
         (dict(slg=SkipLayerGuidanceConfig(layers=(1, 2))), r"SLG layers \[1, 2\] do not exist: this MMDiT has blocks 0..1"),
         (dict(height=256), "`height` 256 exceeds this checkpoint's limit of 128 pixels"),
-        (dict(tile_size=8), "`tile_size` must exceed the 16 latent pixels"),
+        (dict(tile_size=31), r"`tile_size` must be at least 32 \(twice the 16 latent pixels"),
         (dict(steps=0), "`steps` must be at least 1"),
         (dict(shift=0.0), "`shift` must be positive"),
         (dict(sampler_name="heun"), "unknown `sampler_name` 'heun'"),

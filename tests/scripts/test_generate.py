@@ -168,7 +168,7 @@ def test_memory_advice_is_given_in_flags(tiny, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("flags, message", [
     (["--cfg-scale", "nan"], "--cfg-scale must be a finite number, got nan"),
     (["--time-shift", "inf"], "--time-shift must be a finite number, got inf"),
-    (["--tile-size", "4"], "--tile-size must exceed the 16 latent pixels"),
+    (["--tile-size", "4"], "--tile-size must be at least 32 (twice the 16 latent pixels that tiles overlap), got 4"),
 ])
 def test_bad_numbers_fail_before_any_file_is_read(tmp_path, capsys, monkeypatch, flags, message):
     monkeypatch.setattr("sd3.sampling.hub.hf_hub_download", lambda *a, **k: (_ for _ in ()).throw(AssertionError))

@@ -99,5 +99,41 @@ def test_tiled_encoding_covers_the_image_and_stays_close(vae):
 def test_bad_overlap(vae):
     from sd3.errors import VAEDecodingError
 
-    with pytest.raises(VAEDecodingError, match="overlap"):
-        decode_latents(vae, _smooth_latents(20, 20), tile_size=8, tile_overlap=8)
+    with pytest.raises(VAEDecodingError, match="a tile of 8 must be at least twice its overlap, got an overlap of 5"):
+        decode_latents(vae, _smooth_latents(20, 20), tile_size=8, tile_overlap=5)
+
+
+class ConstantPerTile:
+    """A stand-in decoder whose every tile is one random constant: the worst case for a seam."""
+
+    def __init__(self, scale: int) -> None:
+        self.scale, self.values = scale, []
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        value = torch.rand((), generator=self.generator) * 2 - 1
+        self.values.append(value)
+        return value.expand(z.shape[0], 3, z.shape[2] * self.scale, z.shape[3] * self.scale)
+
+
+@pytest.mark.parametrize("tile", range(32, 70, 3))
+@pytest.mark.parametrize("height, width", [(40, 97), (65, 64), (130, 33)])
+def test_no_step_exceeds_a_linear_blend_for_any_accepted_tile(tile, height, width):
+    """Every tile size from the smallest accepted (twice the 16-pixel overlap), on sizes that are not
+    multiples of the stride: across any border and corner, the image changes no faster than a linear
+    blend of the two most different tiles over the 16 x 8 output pixels they share at least."""
+    fn = ConstantPerTile(scale=8)
+    image = tiled(fn, torch.zeros(1, 16, height, width), tile=tile, overlap=16, scale=8)
+    spread = max(fn.values) - min(fn.values)
+    bound = spread / (16 * 8) * (1 + 1e-5)
+    steps = [(image[..., 1:, :] - image[..., :-1, :]).abs().max(), (image[..., 1:] - image[..., :-1]).abs().max()]
+    assert max(steps) <= bound and (len(fn.values) > 1 or max(height, width) <= tile)
+
+
+def test_tiles_spread_evenly_with_at_least_the_overlap():
+    from sd3.vae.tiling import _starts
+
+    for size in range(33, 300):
+        starts = _starts(size, 32, 16)
+        shared = [a + 32 - b for a, b in zip(starts, starts[1:])]
+        assert starts[0] == 0 and starts[-1] == size - 32 and min(shared) >= 16 and max(shared) - min(shared) <= 1
