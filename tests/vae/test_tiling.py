@@ -137,3 +137,14 @@ def test_tiles_spread_evenly_with_at_least_the_overlap():
         starts = _starts(size, 32, 16)
         shared = [a + 32 - b for a, b in zip(starts, starts[1:])]
         assert starts[0] == 0 and starts[-1] == size - 32 and min(shared) >= 16 and max(shared) - min(shared) <= 1
+
+
+def test_tiled_decoding_approaches_untiled_as_the_overlap_grows(vae):
+    """Tiles twice the overlap: the larger both, the more of the image each tile's GroupNorm and
+    attention see, and the closer the result comes, until one tile covers it (exact)."""
+    z = _smooth_latents(40, 40, seed=1)
+    with torch.no_grad():
+        untiled = decode_latents(vae, z)
+        gaps = [(decode_latents(vae, z, tile_size=2 * o, tile_overlap=o) - untiled).abs().mean().item()
+                for o in (4, 8, 12, 16, 20)]
+    assert all(a > b for a, b in zip(gaps, gaps[1:])) and gaps[-1] == 0.0
