@@ -150,8 +150,8 @@ class StableDiffusion3:
 
     # -- adapters --------------------------------------------------------------------------------
     def add_lora(self, path, scale: float = 1.0, *, merge: bool = True, strict: bool = True) -> LoRA:
-        """Apply a LoRA file (diffusers/PEFT, kohya or original names; or a `LoRA` already read) to this
-        pipeline's models: now to those loaded, at load to the rest. Returns the LoRA (its `sha256`).
+        """Apply a LoRA file (diffusers/PEFT, SimpleTuner, kohya, OneTrainer or original names; or a
+        `LoRA`) to this pipeline's models: now to those loaded, at load to the rest. Returns the LoRA.
         `merge=False` keeps the weights untouched and adds the delta at forward time (docs/lora.md)."""
         lora = path if isinstance(path, LoRA) else load_lora(path)
         lora.check(self.components.architectures(), strict)  # every module against this checkpoint: nothing loads

@@ -31,7 +31,7 @@ from sd3.errors import ModelLoadingError
 from sd3.checkpoint import sha256_file
 from sd3.tensor_source import foreign_architecture
 from sd3.lora.formats import LoRAFile, LoRAModule, read_lora
-from sd3.lora.mapping import Target, diffusers_target, kohya_lookup, kohya_target
+from sd3.lora.mapping import Target, diffusers_target, kohya_lookup, kohya_target, onetrainer_target
 from sd3.quant import is_quantized
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ class LoRA:
             return diffusers_target(name, depth)
         if self.file.format == "kohya":
             return kohya_target(name, lookup)
+        if self.file.format == "onetrainer":
+            return onetrainer_target(name, depth, lookup)
         return Target("mmdit", name)
 
 
@@ -182,6 +184,6 @@ def _change(module: LoRAModule, target: Target, linear: nn.Linear) -> _Change:
 
 
 def load_lora(path: str | Path) -> LoRA:
-    """Read a LoRA `.safetensors` file (diffusers/PEFT, kohya or original names)."""
+    """Read a LoRA `.safetensors` file (diffusers/PEFT, SimpleTuner, kohya, OneTrainer or original names)."""
     file = read_lora(path)
     return LoRA(file, sha256_file(Path(path)))

@@ -24,8 +24,11 @@ from sd3.checkpoint import open_checkpoint
 from sd3.errors import ModelLoadingError
 
 # (down suffix, up suffix)
-_SUFFIXES = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"))
-FORMATS = ("diffusers", "kohya", "original")
+_SUFFIXES = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"),
+             (".lora.down.weight", ".lora.up.weight"))  # PEFT/diffusers, kohya/OneTrainer, SimpleTuner
+FORMATS = ("diffusers", "kohya", "onetrainer", "original")
+# diffusers' SD3 transformer modules, for PEFT files saved without the `transformer.` component prefix
+_TRANSFORMER_MODULES = ("transformer_blocks.", "proj_out", "norm_out.", "context_embedder", "time_text_embed.")
 
 
 @dataclass(frozen=True)
@@ -84,15 +87,18 @@ def read_lora(path: str | Path) -> LoRAFile:
 
 
 def _detect(keys: list[str], path: Path) -> str:
+    if any(k.startswith("lora_transformer_") for k in keys):  # OneTrainer: diffusers' names with underscores
+        return "onetrainer"
     if any(k.startswith(("lora_unet_", "lora_te1_", "lora_te2_", "lora_te3_")) for k in keys):
         return "kohya"
     if any(k.startswith(("diffusion_model.", "model.diffusion_model.")) for k in keys):
         return "original"
-    if any(".lora_A." in k or ".lora_B." in k for k in keys):
+    if any(".lora_A." in k or ".lora_B." in k or ".lora.down." in k for k in keys):  # PEFT, diffusers, SimpleTuner
         return "diffusers"
     raise ModelLoadingError(
-        f"{path} is not a LoRA in a format this project reads (diffusers/PEFT lora_A/lora_B, kohya "
-        f"lora_unet_/lora_te*_ with lora_down/lora_up, or original diffusion_model. names); keys: {keys[:3]}"
+        f"{path} is not a LoRA in a format this project reads (diffusers/PEFT lora_A/lora_B, SimpleTuner "
+        f"lora.down/lora.up, kohya lora_unet_/lora_te*_ or OneTrainer lora_transformer_ with lora_down/lora_up, "
+        f"or original diffusion_model. names); keys: {keys[:3]}"
     )
 
 
@@ -100,7 +106,10 @@ def _module_name(name: str, format_: str) -> str:
     """The module name without the format's framing (PEFT's base_model.model., the original prefix)."""
     if format_ == "original":
         return re.sub(r"^(model\.)?diffusion_model\.", "", name)
-    return name.replace("base_model.model.", "")
+    name = name.replace("base_model.model.", "")
+    if format_ == "diffusers" and name.startswith(_TRANSFORMER_MODULES):  # PEFT saved from the transformer alone
+        return "transformer." + name
+    return name
 
 
 def _alpha(name: str, tensors: dict, metadata: dict, rank: int) -> float:

@@ -1,10 +1,13 @@
-"""Where each LoRA key lands in our modules (the checkpoint's names), for the three formats in use.
+"""Where each LoRA key lands in our modules (the checkpoint's names), for the formats in use.
 
 | format | a key | our module |
 |---|---|---|
 | diffusers / PEFT | `transformer.transformer_blocks.3.attn.to_q.lora_A.weight` | rows 0..d of `joint_blocks.3.x_block.attn.qkv` |
 | kohya (sd-scripts, ComfyUI) | `lora_unet_joint_blocks_3_x_block_attn_qkv.lora_down.weight` | `joint_blocks.3.x_block.attn.qkv` |
 | original names | `diffusion_model.joint_blocks.3.x_block.attn.qkv.lora_down.weight` | `joint_blocks.3.x_block.attn.qkv` |
+| SimpleTuner | `transformer.transformer_blocks.3.attn.to_q.lora.down.weight` | as diffusers |
+| PEFT, transformer alone | `base_model.model.transformer_blocks.3.attn.to_q.lora_A.weight` | as diffusers |
+| OneTrainer | `lora_transformer_transformer_blocks_3_attn_to_q.lora_down.weight` | as diffusers (`lora_te1_` … as kohya) |
 
 Text encoders: diffusers `text_encoder.` (CLIP-L), `text_encoder_2.` (CLIP-G); kohya `lora_te1_`,
 `lora_te2_`, `lora_te3_` (T5), each followed by the transformers module name, which is ours too.
@@ -16,6 +19,7 @@ the last block's `norm1_context.linear` and `norm_out.linear`; their deltas swap
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -71,6 +75,24 @@ def diffusers_target(name: str, depth: int) -> Target | None:
     index, (ours, qkv_part) = int(found.group(1)), _MODULES[found.group(2)]
     last_context = found.group(2) == "norm1_context.linear" and index == depth - 1
     return Target("mmdit", f"joint_blocks.{index}.{ours}", qkv_part, swap_halves=last_context)
+
+
+def onetrainer_target(name: str, depth: int, lookup: dict[str, dict[str, str]]) -> Target | None:
+    """`lora_transformer_transformer_blocks_3_attn_to_q` (diffusers' module name with underscores, as
+    OneTrainer writes it) -> our target; its `lora_te1_`/`te2_`/`te3_` modules are kohya's."""
+    if not name.startswith("lora_transformer_"):
+        return kohya_target(name, lookup)
+    if not depth:  # the MMDiT is not among the models: its modules are passed over, unresolved
+        return Target("mmdit", name)
+    dotted = _diffusers_names(depth).get(name.removeprefix("lora_transformer_"))
+    return diffusers_target("transformer." + dotted, depth) if dotted else None
+
+
+@functools.cache
+def _diffusers_names(depth: int) -> dict[str, str]:
+    """diffusers' SD3 transformer module names with underscores -> with dots, for `depth` blocks."""
+    names = [f"transformer_blocks.{i}.{module}" for i in range(depth) for module in _MODULES] + list(_TOP)
+    return {name.replace(".", "_"): name for name in names}
 
 
 def kohya_lookup(modules: dict[str, list[str]]) -> dict[str, dict[str, str]]:

@@ -238,3 +238,59 @@ def test_a_lora_on_a_quantised_model_stays_unmerged_and_comes_off(tiny, tmp_path
     handle.remove()
     assert is_quantized(qkv) and len(qkv.parametrizations.weight) == 1
     assert torch.equal(quantised(*_mmdit_inputs()), plain)
+
+
+def _renamed(source, path, rename):
+    """The PEFT fixture's factors under another trainer's names, alpha written as `.alpha` (6, as its metadata)."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for key, tensor in load_file(str(source)).items():
+        module, factor = key.rsplit(".lora_", 1)
+        name, down_or_up = rename(module)
+        out[f"{name}{down_or_up[factor]}"] = tensor
+        out[f"{name}.alpha"] = torch.tensor(6.0)
+    save_file(out, str(path))
+    return path
+
+
+SIMPLETUNER = {"A.weight": ".lora.down.weight", "B.weight": ".lora.up.weight"}
+KOHYA_FACTORS = {"A.weight": ".lora_down.weight", "B.weight": ".lora_up.weight"}
+
+
+@pytest.mark.parametrize("naming, rename", [
+    ("simpletuner", lambda m: (m, SIMPLETUNER)),
+    ("peft without its component", lambda m: ("base_model.model." + m.removeprefix("transformer."),
+                                             {"A.weight": ".lora_A.weight", "B.weight": ".lora_B.weight"})),
+    ("onetrainer", lambda m: ("lora_transformer_" + m.removeprefix("transformer.").replace(".", "_"), KOHYA_FACTORS)),
+])
+def test_other_trainers_namings_land_on_the_same_weights(tiny, peft_lora, tmp_path, naming, rename):
+    """The same factors under each trainer's names give the merged weights of the diffusers-named file,
+    which matches diffusers' own load_lora_weights (above): max |Δ| = 0."""
+    want, got = load_mmdit(tiny.checkpoint), load_mmdit(tiny.checkpoint)
+    load_lora(peft_lora).apply({"mmdit": want}, 0.8)
+    lora = load_lora(_renamed(peft_lora, tmp_path / f"{naming}.safetensors", rename))
+    lora.apply({"mmdit": got}, 0.8)
+    assert len(lora.file.modules) == len(load_lora(peft_lora).file.modules)
+    for (name, a), (_, b) in zip(want.state_dict().items(), got.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_onetrainer_and_kohya_agree_where_modules_map_one_to_one(tiny, tmp_path):
+    """`attn.to_out.0` is our `x_block.attn.proj`, `ff.net.0.proj` our `x_block.mlp.fc1`: one delta, two namings."""
+    d = tiny.mmdit.hidden
+    pairs = {"transformer_blocks_0_attn_to_out_0": ("lora_unet_joint_blocks_0_x_block_attn_proj", d, d),
+             "transformer_blocks_1_ff_net_0_proj": ("lora_unet_joint_blocks_1_x_block_mlp_fc1", 4 * d, d)}
+    onetrainer, kohya = {}, {}
+    for i, (ours, (theirs, out_f, in_f)) in enumerate(pairs.items()):
+        down, up = _factors(out_f, in_f, i)
+        for file, name in ((onetrainer, f"lora_transformer_{ours}"), (kohya, theirs)):
+            file.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(ALPHA)})
+    save_file(onetrainer, str(tmp_path / "onetrainer.safetensors"))
+    save_file(kohya, str(tmp_path / "kohya.safetensors"))
+    a, b = load_mmdit(tiny.checkpoint), load_mmdit(tiny.checkpoint)
+    load_lora(tmp_path / "onetrainer.safetensors").apply({"mmdit": a}, SCALE)
+    load_lora(tmp_path / "kohya.safetensors").apply({"mmdit": b}, SCALE)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.state_dict()["joint_blocks.0.x_block.attn.proj.weight"],
+                           load_mmdit(tiny.checkpoint).state_dict()["joint_blocks.0.x_block.attn.proj.weight"])
