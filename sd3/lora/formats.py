@@ -5,9 +5,10 @@ A LoRA adds to a linear layer's weight W (out, in) the low-rank delta
     ΔW = scale · (alpha / rank) · up @ down        up (out, rank), down (rank, in)
 
 (Hu et al., arXiv 2106.09685). The formats name the two factors differently: diffusers/PEFT
-`lora_B`/`lora_A`, kohya and the original names `lora_up`/`lora_down`. alpha is a `.alpha` tensor
-beside them (kohya), or `lora_alpha` in the file's `lora_adapter_metadata` (diffusers), else the
-rank. Only `.safetensors` files are read.
+`lora_B`/`lora_A`, SimpleTuner `lora.up`/`lora.down`, kohya, OneTrainer and the original names
+`lora_up`/`lora_down`. alpha is a `.alpha` tensor beside them (kohya, OneTrainer, SimpleTuner), or
+`lora_alpha` in the file's `lora_adapter_metadata` (diffusers), else the rank. Only `.safetensors`
+files are read.
 """
 
 from __future__ import annotations
