@@ -106,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
                    "(0, 1]; 1 starts from pure noise (default 0.6; --denoise is Stability's name)")
     p.add_argument("--mask", help="with --init-image: inpaint, repainting the white area (same size as the image)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
-                   help="apply a LoRA (diffusers/PEFT, SimpleTuner, kohya, OneTrainer or original names), scale 1 "
+                   help="apply a LoRA (diffusers/PEFT, SimpleTuner, kohya, OneTrainer, LyCORIS or original names), scale 1 "
                    "unless given; repeatable")
     p.add_argument("--lora-ignore-unmatched", action="store_true",
                    help="apply the LoRA keys that match and warn about the rest (default: refuse the file)")

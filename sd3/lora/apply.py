@@ -42,10 +42,14 @@ _SHOWN = 5
 class _Change:
     linear: nn.Linear
     rows: slice
-    down: torch.Tensor  # (rank, in)
-    up: torch.Tensor  # (rows, rank), halves already swapped where the target says so
+    down: torch.Tensor | None  # (rank, in); None for a LyCORIS module
+    up: torch.Tensor  # (rows, rank), or a LyCORIS module's ΔW (rows, in); halves swapped where the target says so
     factor: float  # alpha / rank
     backup: torch.Tensor | None = None  # merged: the original rows
+
+    def matrix(self) -> torch.Tensor:
+        """ΔW (rows, in) before the scale and the alpha / rank factor."""
+        return self.up if self.down is None else self.up @ self.down
 
 
 class LoRAHandle:
@@ -81,7 +85,7 @@ class _Deltas(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         out = weight.clone()
         for handle, change in self.entries:
-            delta = (handle.scale * change.factor) * (change.up @ change.down)
+            delta = (handle.scale * change.factor) * change.matrix()
             out[change.rows] += delta.to(out.dtype)
         return out
 
@@ -110,7 +114,7 @@ class LoRA:
                 change = _change(module, target, linear)
                 if merge and not is_quantized(linear):  # a quantised weight cannot take a delta: unmerged
                     change.backup = linear.weight.data[change.rows].clone()
-                    delta = (scale * change.factor) * (change.up @ change.down)
+                    delta = (scale * change.factor) * change.matrix()
                     linear.weight.data[change.rows] = (change.backup.float() + delta).to(linear.weight.dtype)
                 else:
                     chain = linear.parametrizations.weight if parametrize.is_parametrized(linear, "weight") else []
@@ -141,8 +145,8 @@ class LoRA:
                 unmapped.append(module.name)
                 continue
             rows = linear.out_features // 3 if target.qkv_part is not None else linear.out_features
-            if module.up.shape[0] != rows or module.down.shape[1] != linear.in_features:
-                mismatched.append(f"{module.name} ({module.up.shape[0]}x{module.down.shape[1]} against "
+            if module.shape != (rows, linear.in_features):
+                mismatched.append(f"{module.name} ({module.shape[0]}x{module.shape[1]} against "
                                   f"{target.module}'s {rows}x{linear.in_features})")
                 continue
             planned.append((module, target, linear))
@@ -176,14 +180,14 @@ class LoRA:
 def _change(module: LoRAModule, target: Target, linear: nn.Linear) -> _Change:
     n = linear.out_features // 3
     rows = slice(target.qkv_part * n, (target.qkv_part + 1) * n) if target.qkv_part is not None else slice(None)
-    up = module.up
+    up, down = (module.full, None) if module.full is not None else (module.up, module.down)
     if target.swap_halves:  # diffusers' (scale, shift) onto the checkpoint's (shift, scale)
         up = torch.cat(up.chunk(2)[::-1])
     device = next(linear.parameters()).device  # not `weight`, which would dequantise a quantised one
-    return _Change(linear, rows, module.down.to(device), up.to(device), module.alpha / module.rank)
+    return _Change(linear, rows, None if down is None else down.to(device), up.to(device), module.alpha / module.rank)
 
 
 def load_lora(path: str | Path) -> LoRA:
-    """Read a LoRA `.safetensors` file (diffusers/PEFT, SimpleTuner, kohya, OneTrainer or original names)."""
+    """Read a LoRA `.safetensors` file (diffusers/PEFT, SimpleTuner, kohya, OneTrainer, LyCORIS or original names)."""
     file = read_lora(path)
     return LoRA(file, sha256_file(Path(path)))

@@ -34,16 +34,33 @@ _TRANSFORMER_MODULES = ("transformer_blocks.", "proj_out", "norm_out.", "context
 
 @dataclass(frozen=True)
 class LoRAModule:
-    """One adapted module as the file names it."""
+    """One adapted module as the file names it: a LoRA's factors, or a LyCORIS module's whole ΔW.
+
+    ΔW = (alpha / rank) · up @ down for a LoRA; LoHa (Hyeon-Woo et al., arXiv 2108.06098) has
+    ΔW = (alpha / rank) · (w1_a @ w1_b) ⊙ (w2_a @ w2_b), and LoKr ΔW = (alpha / rank) · w1 ⊗ w2
+    (Kronecker; each side whole or a product `_a @ _b`, rank that of the product, and scale 1 when
+    neither side is one), as LyCORIS' own forward pass and `lycoris.functional` compute them.
+    """
 
     name: str  # the file's module name, e.g. "transformer.transformer_blocks.0.attn.to_q"
-    down: torch.Tensor  # (rank, in)
-    up: torch.Tensor  # (out, rank)
+    down: torch.Tensor | None  # (rank, in); None for LyCORIS
+    up: torch.Tensor | None  # (out, rank); None for LyCORIS
     alpha: float
+    full: torch.Tensor | None = None  # LyCORIS: ΔW (out, in) before the alpha / rank scale
+    lycoris_rank: int | None = None
 
     @property
     def rank(self) -> int:
-        return self.down.shape[0]
+        return self.lycoris_rank if self.full is not None else self.down.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in) of the weight it changes."""
+        return tuple(self.full.shape) if self.full is not None else (self.up.shape[0], self.down.shape[1])
+
+    def matrix(self) -> torch.Tensor:
+        """ΔW (out, in) before the alpha / rank scale."""
+        return self.full if self.full is not None else self.up @ self.down
 
 
 @dataclass(frozen=True)
@@ -81,10 +98,40 @@ def read_lora(path: str | Path) -> LoRAFile:
             alpha = _alpha(name, tensors, metadata, down.shape[0])
             modules.append(LoRAModule(_module_name(name, format_), down, up, alpha))
             unused -= {key, up_key, name + ".alpha"}
+    for name in sorted({k.rsplit(".", 1)[0] for k in keys if re.search(r"\.(hada|lokr)_", k)}):
+        module, used = _lycoris(name, tensors, path)
+        modules.append(LoRAModule(_module_name(name, format_), None, None, module[0], module[1], module[2]))
+        unused -= used
     if unused:
         raise ModelLoadingError(f"LoRA {path} ({format_} format): {len(unused)} keys are not LoRA factors, "
                                 f"e.g. {sorted(unused)[:5]}")
     return LoRAFile(path, format_, modules)
+
+
+def _lycoris(name: str, tensors: dict, path: Path) -> tuple[tuple[float, torch.Tensor, int], set[str]]:
+    """A LoHa or LoKr module's (alpha, ΔW before its scale, rank) and the keys it used."""
+    def get(suffix: str) -> torch.Tensor | None:
+        return tensors.get(f"{name}.{suffix}")
+
+    if get("hada_t1") is not None or get("lokr_t2") is not None:
+        raise ModelLoadingError(f"LoRA {path}: '{name}' is a convolution (Tucker) LyCORIS module; SD3's are linear")
+    if get("hada_w1_a") is not None:
+        w1a, w1b, w2a, w2b = (get(f"hada_w{i}_{s}") for i in (1, 2) for s in ("a", "b"))
+        if any(t is None for t in (w1b, w2a, w2b)):
+            raise ModelLoadingError(f"LoRA {path}: LoHa module '{name}' lacks one of hada_w1_a/b, hada_w2_a/b")
+        full, rank, used = (w1a @ w1b) * (w2a @ w2b), w1b.shape[0], {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"}
+    else:
+        sides, rank, used = [], None, set()
+        for i in (1, 2):
+            whole, a, b = get(f"lokr_w{i}"), get(f"lokr_w{i}_a"), get(f"lokr_w{i}_b")
+            if whole is None and (a is None or b is None):
+                raise ModelLoadingError(f"LoRA {path}: LoKr module '{name}' has neither lokr_w{i} nor lokr_w{i}_a/_b")
+            sides.append(whole if whole is not None else a @ b)
+            used |= {f"lokr_w{i}"} if whole is not None else {f"lokr_w{i}_a", f"lokr_w{i}_b"}
+            rank = rank or (a.shape[1] if whole is None else None)
+        full = torch.kron(sides[0], sides[1])
+    alpha = float(get("alpha")) if get("alpha") is not None and rank is not None else float(rank or 1)
+    return (alpha, full, rank or 1), {f"{name}.{suffix}" for suffix in used | {"alpha"}}
 
 
 def _detect(keys: list[str], path: Path) -> str:
@@ -96,6 +143,8 @@ def _detect(keys: list[str], path: Path) -> str:
         return "original"
     if any(".lora_A." in k or ".lora_B." in k or ".lora.down." in k for k in keys):  # PEFT, diffusers, SimpleTuner
         return "diffusers"
+    if any(k.startswith("lycoris_") for k in keys):  # LyCORIS' own names: diffusers' with underscores
+        return "onetrainer"
     raise ModelLoadingError(
         f"{path} is not a LoRA in a format this project reads (diffusers/PEFT lora_A/lora_B, SimpleTuner "
         f"lora.down/lora.up, kohya lora_unet_/lora_te*_ or OneTrainer lora_transformer_ with lora_down/lora_up, "

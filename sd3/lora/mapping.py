@@ -79,12 +79,14 @@ def diffusers_target(name: str, depth: int) -> Target | None:
 
 def onetrainer_target(name: str, depth: int, lookup: dict[str, dict[str, str]]) -> Target | None:
     """`lora_transformer_transformer_blocks_3_attn_to_q` (diffusers' module name with underscores, as
-    OneTrainer writes it) -> our target; its `lora_te1_`/`te2_`/`te3_` modules are kohya's."""
-    if not name.startswith("lora_transformer_"):
+    OneTrainer writes it; LyCORIS writes `lycoris_transformer_blocks_3_attn_to_q`) -> our target; the
+    `lora_te1_`/`te2_`/`te3_` modules are kohya's."""
+    prefix = next((p for p in ("lora_transformer_", "lycoris_") if name.startswith(p)), None)
+    if prefix is None:
         return kohya_target(name, lookup)
     if not depth:  # the MMDiT is not among the models: its modules are passed over, unresolved
         return Target("mmdit", name)
-    dotted = _diffusers_names(depth).get(name.removeprefix("lora_transformer_"))
+    dotted = _diffusers_names(depth).get(name.removeprefix(prefix))
     return diffusers_target("transformer." + dotted, depth) if dotted else None
 
 
