@@ -73,3 +73,20 @@ def test_a_tucker_lycoris_module_is_refused(tmp_path):
                "lycoris_transformer_blocks_0_attn_to_q.hada_t1": torch.ones(2, 2, 3, 3)}, str(tmp_path / "t.safetensors"))
     with pytest.raises(ModelLoadingError, match="convolution \\(Tucker\\) LyCORIS module"):
         load_lora(tmp_path / "t.safetensors")
+
+
+def test_a_loha_on_a_text_encoder_in_kohyas_names(tiny, tmp_path):
+    from sd3.clip import load_clip_l
+
+    width = tiny.clip_l.width
+    factors = {"hada_w1_a": _randn(width, RANK, seed=11), "hada_w1_b": _randn(RANK, width, seed=12),
+               "hada_w2_a": _randn(width, RANK, seed=13), "hada_w2_b": _randn(RANK, width, seed=14),
+               "alpha": torch.tensor(ALPHA)}
+    name = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    save_file({f"{name}.{k}": v for k, v in factors.items()}, str(tmp_path / "te.safetensors"))
+    base, adapted = load_clip_l(tiny.checkpoint), load_clip_l(tiny.checkpoint)
+    load_lora(tmp_path / "te.safetensors").apply({"clip_l": adapted}, SCALE)
+    delta = loha.diff_weight(factors["hada_w1_b"], factors["hada_w1_a"], factors["hada_w2_b"], factors["hada_w2_a"],
+                             None, None, gamma=ALPHA / RANK)
+    key = "text_model.encoder.layers.0.self_attn.q_proj.weight"
+    assert (adapted.state_dict()[key] - (base.state_dict()[key] + SCALE * delta)).abs().max() <= 1e-6
