@@ -3,8 +3,8 @@
 `GenerationOptions.resolve` (sampling/options.py) checks each value; these add what only the
 pipeline knows: the checkpoint's position table (the largest image), its number of blocks (SLG
 layers), its context width (a saved conditioning), and how the images, prompts, initial latents and
-image to image fit together. `StableDiffusion3` offers them as its methods `options`, `check` and
-`check_conditioning`; `generate_many` uses them too. Every refusal is a `ConfigurationError`.
+image to image fit together. `StableDiffusion3` offers `options` and `check` as its methods;
+`generate_many` uses `work`. Every refusal is a `ConfigurationError`.
 """
 
 from __future__ import annotations

@@ -5,12 +5,8 @@
     result = pipe.generate(["a photo of a cat"], seed=0)             # the variant's steps and cfg
     result.images[0].save("cat.png")
 
-    conditioning = pipe.encode(["a photo of a cat"])                 # or one stage at a time
-    options = pipe.options(height=512, width=512, steps=28)
-    latents = pipe.denoise(conditioning, torch.randn(1, 16, 64, 64), options)
-    pipe.decode(latents)[0].save("cat.png")
-
-`generate()` checks everything first (`check`), then sampling/run.py runs the stages; every stage
+The stages can also be called one at a time: `encode`, `denoise`, `decode` (README, "The stages,
+one at a time"). `generate()` checks everything first (`check`), then sampling/run.py runs the stages; every stage
 loads, keeps and frees its models through `pipe.lifecycle` (sampling/lifecycle.py), as the `keep`
 policy says: a notebook loop loads each model once, and a small machine runs one stage at a time.
 """
@@ -176,11 +172,9 @@ class StableDiffusion3:
     def __exit__(self, *exc) -> None:
         self.unload()
 
-    # -- checking (nothing loads) ----------------------------------------------------------------
-    # The check layer (sampling/checks.py), as methods: `pipe.options(...)`, `pipe.check(...)`.
+    # -- checking (nothing loads): the check layer of sampling/checks.py, as methods ------------
     options = checks.options
     check = checks.check
-    check_conditioning = checks.check_conditioning
 
     def auto_batch_size(self, options: GenerationOptions, cap: int = 8) -> int:
         """The largest batch, at most `cap`, whose denoising and decoding the memory check admits (1 if unknown)."""
@@ -322,8 +316,7 @@ class StableDiffusion3:
 
     @contextlib.contextmanager
     def _lend(self, on_step, activation: int):
-        """A `Preview` that decodes with a model gets it for the denoising, through the lifecycle
-        (`activation`: bytes its decoding of one batch needs)."""
+        """Lend a model-decoding `Preview` its model, through the lifecycle (`activation`: its bytes)."""
         model = on_step.model if isinstance(on_step, Preview) else None
         if model is None:
             yield

@@ -6,8 +6,8 @@
 | the original's `nn.Sequential` | madebyollin/taesd's `taesd3_decoder.pth` / `taesd3_encoder.pth`, converted to safetensors | `N.…` |
 
 The original decoder starts with its clamp at index 0, so its layer N is diffusers' N - 1; the
-encoder's indices are the same in both. A `.pth` file is refused: unpickling runs arbitrary code
-(convert it with `safetensors.torch.save_file(torch.load(path, weights_only=True), out)`).
+encoder's indices are the same in both. A `.pth` file is refused: unpickling runs arbitrary code,
+and the same weights are published as `.safetensors`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ def load_taesd(
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".pth":
         raise ModelLoadingError(
             f"{source} is a pickle (.pth), which this project never loads: unpickling can run arbitrary code. "
-            "Use madebyollin/taesd3's diffusion_pytorch_model.safetensors, or convert the file once with "
-            "safetensors.torch.save_file(torch.load(path, weights_only=True), 'taesd3_decoder.safetensors')"
+            "Use the same weights as .safetensors: madebyollin/taesd3's diffusion_pytorch_model.safetensors"
         )
     with open_checkpoint(source) as checkpoint:
         tensors, has_encoder = _diffusers_view(checkpoint)

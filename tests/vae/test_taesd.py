@@ -50,7 +50,8 @@ def test_the_original_layout_gives_the_same_decoder(weights, tmp_path):
 
 def test_files_that_are_not_taesd3_are_refused_in_one_line(weights, tmp_path):
     (tmp_path / "taesd3_decoder.pth").write_bytes(b"a pickle")
-    with pytest.raises(ModelLoadingError, match=r"pickle \(.pth\), which this project never loads.*save_file"):
+    with pytest.raises(ModelLoadingError, match=r"pickle \(.pth\), which this project never loads.*taesd3's "
+                                                r"diffusion_pytorch_model.safetensors"):
         load_taesd(tmp_path / "taesd3_decoder.pth")
     sd1 = {k: v for k, v in weights.items() if k.startswith("decoder.")}
     sd1["decoder.layers.0.weight"] = torch.randn(64, 4, 3, 3)
