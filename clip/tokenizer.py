@@ -8,7 +8,16 @@ tokenizer.json saved with pad token "!" lists "!" as an added (special) token, w
 inside the prompt (diffusers issue #4153), so CLIP tokenizers keep only BOS and EOS as added tokens.
 
 T5: the prompt's tokens, EOS (1), then padding (0). With `truncate`, exactly `max_length` tokens
-(Candle 77, diffusers 256); without it, at least `max_length` and never cut (Stability).
+(Candle 77, diffusers 256); without it, at least `max_length` and never cut (Stability), but never
+more than `MAX_T5_TOKENS`: a longer prompt is an error, not an attention matrix that outgrows memory.
+
+`rules` picks how a prompt becomes tokens (docs/reference.md §6):
+- "plain" (Candle, diffusers, our default): the whole prompt is text, brackets included.
+- "stability": as Stability's `other_impls.py` (`SDTokenizer`, `SD3Tokenizer`) does. The weight syntax
+  `(word:1.5)` is parsed and its weights dropped (`prompt_syntax.py`); the rest is split into words,
+  each tokenized alone. CLIP keeps only the first 77-token chunk, which closes before a word that
+  would cross it unless the word has 8 or more tokens (then the word is cut). T5 reads only the
+  prompt's first 226 characters.
 """
 
 from __future__ import annotations
@@ -20,12 +29,17 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from sd3.clip.prompt_syntax import words
 from sd3.errors import TextEncodingError
 
 logger = logging.getLogger(__name__)
 
 CLIP_LENGTH = 77
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+MAX_T5_TOKENS = 1024  # the longest T5 sequence any setting produces, EOS and padding included
+RULES = ("plain", "stability")
+STABILITY_LONG_WORD = 8  # a word of this many tokens may be split across Stability's CLIP chunks
+STABILITY_T5_CHARACTERS = 226  # Stability's `SD3Tokenizer` gives T5 `text[:226]`
 
 
 def _load(path: str | Path, what: str, keep_added: tuple[str, ...] | None = None) -> Tokenizer:
@@ -45,6 +59,18 @@ def _load(path: str | Path, what: str, keep_added: tuple[str, ...] | None = None
     return tokenizer
 
 
+def _check_rules(rules: str) -> str:
+    if rules not in RULES:
+        raise TextEncodingError(f"unknown tokenizer `rules` {rules!r}; choose one of {', '.join(RULES)}")
+    return rules
+
+
+def _word_by_word(tokenizer: Tokenizer, prompt: str) -> list[list[int]]:
+    """Each word's token ids, as Stability tokenizes them: weight syntax removed, one word at a time."""
+    prompt_words = words(prompt)
+    return [e.ids for e in tokenizer.encode_batch(prompt_words, add_special_tokens=False)] if prompt_words else []
+
+
 def _as_list(prompts: str | list[str]) -> list[str]:
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -53,10 +79,12 @@ def _as_list(prompts: str | list[str]) -> list[str]:
 
 
 class CLIPTokenizer:
-    """Prompts -> (b, 77) CLIP token ids."""
+    """Prompts -> (b, 77) CLIP token ids: BOS, at most 75 prompt tokens, EOS, padding."""
 
-    def __init__(self, tokenizer_file: str | Path, *, pad_token: str | int = EOS) -> None:
-        """`pad_token`: a token string of the vocabulary (EOS, "!") or an id (0 is "!")."""
+    def __init__(self, tokenizer_file: str | Path, *, pad_token: str | int = EOS, rules: str = "plain") -> None:
+        """`pad_token`: a token string of the vocabulary (EOS, "!") or an id (0 is "!"); `rules`:
+        "plain" or "stability" (module docstring). Raises TextEncodingError for a missing or invalid file."""
+        self.rules = _check_rules(rules)
         self.tokenizer = _load(tokenizer_file, "CLIP", keep_added=(BOS, EOS))
         self.bos_id, self.eos_id = self._id(BOS), self._id(EOS)
         self.pad_id = pad_token if isinstance(pad_token, int) else self._id(pad_token)
@@ -68,40 +96,77 @@ class CLIPTokenizer:
         return token_id
 
     def __call__(self, prompts: str | list[str]) -> torch.Tensor:
+        """A prompt or a list of b prompts -> (b, 77) int64 ids; dropped tokens are logged as a warning."""
         prompts = _as_list(prompts)
-        encodings = self.tokenizer.encode_batch(prompts, add_special_tokens=False)
         rows = []
-        for prompt, encoding in zip(prompts, encodings):
-            ids = encoding.ids
-            if len(ids) > CLIP_LENGTH - 2:
+        for prompt in prompts:
+            ids, total = self._prompt_ids(prompt)
+            if len(ids) < total:
                 logger.warning(
-                    "CLIP takes %d prompt tokens; dropped the last %d of %d: %r",
-                    CLIP_LENGTH - 2, len(ids) - (CLIP_LENGTH - 2), len(ids), prompt[:60],
+                    "CLIP kept %d prompt tokens; dropped the last %d of %d: %r", len(ids), total - len(ids), total, prompt[:60]
                 )
-                ids = ids[: CLIP_LENGTH - 2]
             row = [self.bos_id, *ids, self.eos_id]
             rows.append(row + [self.pad_id] * (CLIP_LENGTH - len(row)))
         return torch.tensor(rows, dtype=torch.long)
+
+    def _prompt_ids(self, prompt: str) -> tuple[list[int], int]:
+        """(the ids between BOS and EOS, the prompt's token count)."""
+        room = CLIP_LENGTH - 2
+        if self.rules == "plain":
+            ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+            return ids[:room], len(ids)
+        # Stability's first chunk: whole words while they fit; the word that does not fit closes the
+        # chunk, unless it is long, when it fills the chunk and its rest would start the next one.
+        groups, taken = _word_by_word(self.tokenizer, prompt), []
+        for group in groups:
+            if len(group) > room - len(taken):
+                if len(group) >= STABILITY_LONG_WORD:
+                    taken += group[: room - len(taken)]
+                break
+            taken += group
+        return taken, sum(len(group) for group in groups)
 
 
 class T5Tokenizer:
     """Prompts -> (b, n) T5 token ids, n = max_length (truncate) or >= max_length (no truncation)."""
 
     def __init__(
-        self, tokenizer_file: str | Path, *, max_length: int = 77, truncate: bool = True, eos_id: int = 1, pad_id: int = 0
+        self,
+        tokenizer_file: str | Path,
+        *,
+        max_length: int = 77,
+        truncate: bool = True,
+        eos_id: int = 1,
+        pad_id: int = 0,
+        rules: str = "plain",
     ) -> None:
-        if max_length < 1:
-            raise TextEncodingError(f"the T5 length must be at least 1, got {max_length}")
+        """`max_length`: 1 to MAX_T5_TOKENS; `rules`: "plain" or "stability" (module docstring).
+        Raises TextEncodingError for a bad length or rule, or a missing or invalid file."""
+        if not 1 <= max_length <= MAX_T5_TOKENS:
+            raise TextEncodingError(f"the T5 length must be between 1 and {MAX_T5_TOKENS}, got {max_length}")
+        self.rules = _check_rules(rules)
         self.tokenizer = _load(tokenizer_file, "T5")
         self.max_length, self.truncate = max_length, truncate
         self.eos_id, self.pad_id = eos_id, pad_id
 
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        if self.rules == "plain":
+            return self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        return [i for group in _word_by_word(self.tokenizer, prompt[:STABILITY_T5_CHARACTERS]) for i in group]
+
     def __call__(self, prompts: str | list[str]) -> torch.Tensor:
+        """A prompt or a list of b prompts -> (b, n) int64 ids, each row the prompt's tokens, EOS, padding.
+
+        Raises TextEncodingError when, untruncated, a prompt needs more than MAX_T5_TOKENS tokens."""
         prompts = _as_list(prompts)
-        encodings = self.tokenizer.encode_batch(prompts, add_special_tokens=False)
         rows = []
-        for prompt, encoding in zip(prompts, encodings):
-            ids = encoding.ids
+        for prompt in prompts:
+            ids = self._prompt_ids(prompt)
+            if not self.truncate and len(ids) + 1 > MAX_T5_TOKENS:
+                raise TextEncodingError(
+                    f"the prompt makes {len(ids) + 1} T5 tokens, more than the {MAX_T5_TOKENS} this project "
+                    f"bounds T5 to; shorten it: {prompt[:60]!r}"
+                )
             if self.truncate and len(ids) > self.max_length - 1:
                 logger.warning(
                     "T5 length is %d; dropped the last %d of %d prompt tokens: %r",

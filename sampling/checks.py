@@ -125,7 +125,8 @@ def work(pipe, requests: list[ImageRequest], settings: dict, *, edit: run.Edit |
     request's own settings winning): the `Work` that sampling/run.py runs.
 
     Raises:
-        ConfigurationError: a bad setting, or two requests with one index."""
+        ConfigurationError: a bad setting, or two requests with one index.
+        TextEncodingError: a prompt longer than untruncated T5 takes (clip/tokenizer.py)."""
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise ConfigurationError(f"unknown settings {unknown}; the settings are {', '.join(SETTINGS)}")
@@ -135,8 +136,18 @@ def work(pipe, requests: list[ImageRequest], settings: dict, *, edit: run.Edit |
     for request in requests:
         if settings_key(request) not in options:
             options[settings_key(request)] = request_options(pipe, request, settings, edit)
+    if conditioning is None:
+        check_t5_lengths(pipe, requests)
     batches = run.batches(requests, lambda request: options[settings_key(request)], settings.get("batch_size", 1))
     return run.Work(batches, encode_per_batch, conditioning=conditioning, latents=latents, edit=edit)
+
+
+def check_t5_lengths(pipe, requests: list[ImageRequest]) -> None:
+    """Untruncated T5 (`Reference.t5_truncate` False) refuses a prompt longer than MAX_T5_TOKENS:
+    tokenize every text now (milliseconds), so that the refusal comes before any model loads."""
+    tokenizer = pipe.components.tokenizers()["t5"]
+    if tokenizer is not None and not tokenizer.truncate:
+        tokenizer(sorted({text for r in requests for text in (r.prompt, r.negative_prompt)}))
 
 
 def check(pipe, prompts, negative_prompts=None, *, latents=None, init_image=None, strength=None, mask=None,

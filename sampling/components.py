@@ -48,9 +48,10 @@ class Components:
         ref, files = self.reference, self.files
         if not self._tokenizers:
             self._tokenizers = {
-                "clip_l": clip.CLIPTokenizer(files.clip_l_tokenizer, pad_token=ref.clip_l_pad),
-                "clip_g": clip.CLIPTokenizer(files.clip_g_tokenizer, pad_token=ref.clip_g_pad),
-                "t5": clip.T5Tokenizer(files.t5_tokenizer, max_length=ref.t5_length, truncate=ref.t5_truncate)
+                "clip_l": clip.CLIPTokenizer(files.clip_l_tokenizer, pad_token=ref.clip_l_pad, rules=ref.prompt_rules),
+                "clip_g": clip.CLIPTokenizer(files.clip_g_tokenizer, pad_token=ref.clip_g_pad, rules=ref.prompt_rules),
+                "t5": clip.T5Tokenizer(files.t5_tokenizer, max_length=ref.t5_length, truncate=ref.t5_truncate,
+                                       rules=ref.prompt_rules)
                 if files.t5xxl is not None else None,
             }
         return self._tokenizers

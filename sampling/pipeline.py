@@ -97,7 +97,7 @@ class StableDiffusion3:
         self.memory = memory.StageMemory(files, self.dtype, self.device, self.reference, self.mmdit_config.hidden_size)
         self.lifecycle = ModelLifecycle(
             self.models, self.memory, self.keep, self.components.loaders(self.device), {"mmdit": torch.compile} if compile else {},
-            context_tokens=77 + (0 if files.t5xxl is None else self.reference.t5_length),
+            context_tokens=77 + (0 if files.t5xxl is None else self.reference.t5_rows),
             stages={**STAGES, "decode": replace(STAGES["decode"], models=(checks.DECODERS[decoder],))},
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sd3.clip.tokenizer import MAX_T5_TOKENS, RULES
 from sd3.errors import ConfigurationError
 
 EOS = "<|endoftext|>"
@@ -31,7 +32,8 @@ class Reference:
     clip_g_pad: str = "!"  # CLIP-G pad token (id 0 everywhere)
     clip_g_gelu: str = "gelu"  # "gelu" (exact) or "gelu_tanh"
     t5_length: int = 77
-    t5_truncate: bool = True  # False: at least t5_length tokens, never cut (Stability)
+    t5_truncate: bool = True  # False: at least t5_length tokens, never cut (Stability), at most MAX_T5_TOKENS
+    prompt_rules: str = "plain"  # "stability": its weight syntax, word-wise CLIP chunks, T5's 226 characters
     schedule: str = "candle"  # see sampling/schedules.py
     uncond_first: bool = False  # CFG batch order [uncond, cond] (diffusers) vs [cond, uncond]
     uncond_at_cfg_one: bool = False  # run the unconditional pass even at cfg = 1
@@ -39,6 +41,17 @@ class Reference:
     img2img_start: str = "diffusers"  # how strength picks the first step: "diffusers" or "stability"
     posterior: str = "mean"  # image to image's x0: the VAE posterior's "mean", or a "sample" (diffusers)
     inpaint_decode_shift: bool = True  # False: decode inpainted latents without the shift (diffusers)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.t5_length <= MAX_T5_TOKENS:
+            raise ConfigurationError(f"`t5_length` must be between 1 and {MAX_T5_TOKENS} tokens, got {self.t5_length}")
+        if self.prompt_rules not in RULES:
+            raise ConfigurationError(f"unknown `prompt_rules` {self.prompt_rules!r}; choose one of {', '.join(RULES)}")
+
+    @property
+    def t5_rows(self) -> int:
+        """The most T5 rows a prompt can make: the T5 length, or untruncated, the bound MAX_T5_TOKENS."""
+        return self.t5_length if self.t5_truncate else MAX_T5_TOKENS
 
     @classmethod
     def named(cls, name: str | Reference) -> Reference:
@@ -53,8 +66,8 @@ class Reference:
 REFERENCES = {
     "default": Reference("default"),
     "candle": Reference("candle", clip_l_pad="!", clip_g_gelu="gelu_tanh", uncond_at_cfg_one=True, round_latents=True),
-    "stability": Reference("stability", t5_truncate=False, schedule="stability", uncond_at_cfg_one=True,
-                           img2img_start="stability"),
+    "stability": Reference("stability", t5_truncate=False, prompt_rules="stability", schedule="stability",
+                           uncond_at_cfg_one=True, img2img_start="stability"),
     "diffusers": Reference("diffusers", t5_length=256, schedule="diffusers", uncond_first=True, round_latents=True,
                            posterior="sample", inpaint_decode_shift=False),
 }

@@ -4,6 +4,8 @@ docs/reference.md §6 lists where Candle, Stability and diffusers differ; each t
 difference in what the pipeline computes, not in the preset's table.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -19,10 +21,13 @@ def conditioning(files):
     return {name: StableDiffusion3(files, reference=name, keep="all").encode([PROMPT, LONG]) for name in REFERENCES}
 
 
-def test_t5_length_and_truncation(conditioning):
+def test_t5_length_and_truncation(conditioning, files):
     assert conditioning["default"].context.shape[1] == 77 + 77  # Candle: T5 cut to 77
     assert conditioning["diffusers"].context.shape[1] == 77 + 256  # diffusers' max_sequence_length
-    assert conditioning["stability"].context.shape[1] > 77 + 77  # Stability never cuts the long prompt (160 tokens)
+    # Stability never cuts T5's tokens, but gives T5 only the prompt's first 226 characters.
+    assert conditioning["stability"].context.shape[1] == 77 + 77
+    cut = StableDiffusion3(files, reference=replace(REFERENCES["stability"], name="all characters", prompt_rules="plain"))
+    assert cut.encode([PROMPT, LONG]).context.shape[1] == 77 + 161  # 160 tokens + EOS, never cut
 
 
 def test_candle_changes_the_clip_rows_and_nothing_else(conditioning, tiny):
@@ -79,3 +84,26 @@ def test_latents_rounded_to_the_model_dtype_between_steps(files):
         _, _, steps = _mmdit_calls(files, name, cfg=4.0, pipe={"dtype": "bfloat16"})
         first = steps[0]
         assert torch.equal(first, first.to(torch.bfloat16).float()) is rounded, name
+
+
+def test_stability_parses_weights_and_drops_them(files):
+    """Under `reference="stability"` "a (red:1.5) \\(cat\\)" conditions as the plain text "a red (cat)"
+    does (the default reference encodes short prompts as Stability does otherwise): all three encoders."""
+    weighted = StableDiffusion3(files, reference="stability", keep="all").encode(["a (red:1.5) \\(cat\\)"])
+    default = StableDiffusion3(files, keep="all")
+    plain = default.encode(["a red (cat)"])
+    assert torch.equal(weighted.context, plain.context) and torch.equal(weighted.y, plain.y)
+    assert not torch.equal(default.encode(["a (red:1.5) \\(cat\\)"]).context, plain.context)
+
+
+def test_untruncated_t5_refuses_an_overlong_prompt_before_loading(files):
+    from sd3.errors import ConfigurationError, TextEncodingError
+
+    loaded = []
+    unbounded = replace(REFERENCES["default"], name="untruncated", t5_truncate=False)
+    pipe = StableDiffusion3(files, reference=unbounded, on_load=lambda name, module: loaded.append(name))
+    with pytest.raises(TextEncodingError, match="T5 tokens, more than the 1024"):
+        pipe.generate("a photo of a cat " * 300, seed=0, cfg=4.0, **ARGS)
+    assert loaded == []
+    with pytest.raises(ConfigurationError, match="`t5_length` must be between 1 and 1024 tokens, got 4096"):
+        replace(REFERENCES["diffusers"], t5_length=4096)
