@@ -14,7 +14,9 @@ a table, a JSON report and a PNG plot; exits 1 when --fail-above is exceeded (fo
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+import math
 import sys
 import time
 from dataclasses import replace
@@ -23,16 +25,21 @@ from pathlib import Path
 import torch
 
 from sd3 import clip as clip_lib
+from sd3 import mmdit, vae
 from sd3.checkpoint import open_checkpoint
 from sd3.devices import resolve_dtype
-from sd3.errors import SD3Error
+from sd3.errors import DeviceError, SD3Error
 from sd3.sampling import VARIANTS, ModelFiles, Reference, StableDiffusion3
+from sd3.sampling.memory import available_bytes
 from sd3.testing import reference as ref_lib
 from sd3.testing.audit_pairs import REFERENCE_COMPONENT, Agreement, Recorder, pairs_for
 from sd3.testing.audit_report import plot, table, write_json
-from sd3.testing.random_weights import write_random, write_tiny
+from sd3.testing import random_weights
 
 PROMPT, NEGATIVE = "a photo of a cat sitting on a red chair", "blurry, low quality"
+# The default audit (random SD3.5-medium weights, float32) peaks at 11.2 GiB of RSS, 2.9 GiB above its
+# largest stage's weights (the MMDiT's 8.4 GiB): the libraries, the activations, the recorded outputs.
+OVERHEAD = int(3.5 * 2**30)
 BEHAVIOURS = ("clip_l_pad", "clip_g_gelu", "t5_length", "t5_truncate", "schedule", "uncond_first", "round_latents")
 
 
@@ -59,17 +66,59 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def files_from(args) -> tuple[ModelFiles, dict]:
+def real_files(args) -> ModelFiles | None:
+    """The files the flags name, or None for random weights."""
     real = [args.checkpoint, args.clip_l, args.clip_g, args.t5xxl, args.clip_l_tokenizer, args.clip_g_tokenizer, args.t5_tokenizer]
-    if any(real):
-        if not all(real):
-            raise SD3Error("real weights need all of --checkpoint, --clip-l, --clip-g, --t5xxl and the three tokenizer flags")
-        c, l, g, t, lt, gt, tt = map(Path, real)
-        return ModelFiles(c, l, g, t, c, lt, gt, tt), {"weights": "real files", "checkpoint": str(c)}
+    if not any(real):
+        return None
+    if not all(real):
+        raise SD3Error("real weights need all of --checkpoint, --clip-l, --clip-g, --t5xxl and the three tokenizer flags")
+    c, l, g, t, lt, gt, tt = map(Path, real)
+    return ModelFiles(c, l, g, t, c, lt, gt, tt)
+
+
+def stage_parameters(args) -> dict[str, int]:
+    """Parameters per stage ("text", "mmdit", "vae") of the models the audit will run: from the real
+    files' headers, or the random weights' architecture on the `meta` device. Reads no weight."""
+    real = real_files(args)
+    if real is None:
+        counts = {name: sum(p.numel() for p in model.parameters())
+                  for name, model in random_weights.architectures(args.variant, args.t5_layers).items()}
+    else:
+        counts = {}
+        for name, path, prefix in (("clip_l", real.clip_l, clip_lib.CLIP_L_PREFIX), ("clip_g", real.clip_g, clip_lib.CLIP_G_PREFIX),
+                                   ("t5", real.t5xxl, clip_lib.T5_PREFIX), ("mmdit", real.checkpoint, mmdit.PREFIX),
+                                   ("vae", real.vae, vae.PREFIX)):
+            with open_checkpoint(path) as checkpoint:
+                counts[name] = sum(math.prod(shape) for shape in checkpoint.component(prefix).shapes().values())
+    return {"text": counts["clip_l"] + counts["clip_g"] + counts["t5"], "mmdit": counts["mmdit"], "vae": counts["vae"]}
+
+
+def check_memory(args, dtypes: tuple[torch.dtype, ...]) -> None:
+    """Refuse, in one line, an audit that would not fit in the memory available now: both sides hold
+    one stage's models at a time, so the need is the largest stage's weights in the wider dtype,
+    plus OVERHEAD."""
+    stages = stage_parameters(args)
+    stage = max(stages, key=stages.get)
+    widest = max(dtypes, key=lambda d: d.itemsize)
+    need = stages[stage] * widest.itemsize + OVERHEAD
+    free = available_bytes(torch.device("cpu"))
+    if free is not None and need > free:
+        raise DeviceError(
+            f"the audit needs about {need / 2**30:.1f} GiB of memory (the {stage} stage's weights in "
+            f"{str(widest).removeprefix('torch.')} plus {OVERHEAD / 2**30:.1f} GiB) and only {free / 2**30:.1f} GiB "
+            f"is available; sd3 audit --tiny runs the tests' tiny architecture in seconds"
+        )
+
+
+def files_from(args) -> tuple[ModelFiles, dict]:
+    real = real_files(args)
+    if real is not None:
+        return real, {"weights": "real files", "checkpoint": str(real.checkpoint)}
     cache = Path(args.cache_dir)
     if args.tiny:
-        return write_tiny(cache, args.seed)
-    return write_random(args.variant, cache, t5_layers=args.t5_layers, seed=args.seed)
+        return random_weights.write_tiny(cache, args.seed)
+    return random_weights.write_random(args.variant, cache, t5_layers=args.t5_layers, seed=args.seed)
 
 
 def run_ours(files, settings: Reference, dtype, noise, args, recorder=None, names=None, perturb=None):
@@ -90,19 +139,37 @@ def run_ours(files, settings: Reference, dtype, noise, args, recorder=None, name
 
 
 def run_reference(files, dtype, noise, args, recorder, names):
-    pipe = ref_lib.pipeline(files, dtype)
-    for component, attribute in REFERENCE_COMPONENT.items():
-        recorder.attach(component, getattr(pipe, attribute), names[component])
+    """diffusers' pipeline, one stage at a time: each stage's models are built, run and freed before
+    the next is built, so the reference holds one stage's weights at most (as ours does with
+    keep="stage"); the audit's peak memory is that of the largest stage, the MMDiT."""
+    text = ref_lib.pipeline(files, dtype, parts=("text",))
+    for component in ("clip_l", "clip_g", "t5"):
+        recorder.attach(component, getattr(text, REFERENCE_COMPONENT[component]), names[component])
+    with torch.no_grad():
+        prompt, negative, pooled, negative_pooled = text.encode_prompt(
+            PROMPT, None, None, device=torch.device("cpu"), negative_prompt=NEGATIVE, max_sequence_length=256)
+    del text
+    gc.collect()
+
     steps = []
 
     def on_step(pipe, i, t, kwargs):
         steps.append(kwargs["latents"].float().cpu().clone())
         return kwargs
 
-    pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=args.height, width=args.width, num_inference_steps=args.steps,
-         guidance_scale=args.cfg, latents=noise.to(dtype), max_sequence_length=256, output_type="latent",
-         callback_on_step_end=on_step)
-    pipe.vae.decode(steps[-1].to(dtype) / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor)
+    denoise = ref_lib.pipeline(files, dtype, parts=("mmdit",))
+    recorder.attach("mmdit", denoise.transformer, names["mmdit"])
+    denoise(prompt_embeds=prompt, negative_prompt_embeds=negative, pooled_prompt_embeds=pooled,
+            negative_pooled_prompt_embeds=negative_pooled, height=args.height, width=args.width,
+            num_inference_steps=args.steps, guidance_scale=args.cfg, latents=noise.to(dtype), output_type="latent",
+            callback_on_step_end=on_step)
+    del denoise
+    gc.collect()
+
+    autoencoder = ref_lib.autoencoder(files, dtype)
+    recorder.attach("vae", autoencoder, names["vae"])
+    with torch.no_grad():
+        autoencoder.decode(steps[-1].to(dtype) / autoencoder.config.scaling_factor + autoencoder.config.shift_factor)
     return steps
 
 
@@ -110,8 +177,10 @@ def audit(args) -> int:
     start = time.perf_counter()
     args.height = args.height or (64 if args.tiny else 256)
     args.width = args.width or (48 if args.tiny else 256)
-    files, setup = files_from(args)
     ours_dtype, ref_dtype = resolve_dtype(args.dtype), resolve_dtype(args.reference_dtype)
+    if not args.tiny:
+        check_memory(args, (ours_dtype, ref_dtype))  # before any weight is written or read
+    files, setup = files_from(args)
     setup.update(height=args.height, width=args.width, steps=args.steps, cfg=args.cfg,
                  dtype=str(ours_dtype).removeprefix("torch."), reference_dtype=str(ref_dtype).removeprefix("torch."),
                  prompt=PROMPT, negative_prompt=NEGATIVE)

@@ -49,6 +49,18 @@ def random_state(model: nn.Module, seed: int, prefix: str = "", rename=lambda na
     }
 
 
+def architectures(which: str, t5_layers: int = 2) -> dict[str, nn.Module]:
+    """The models `write_random` fills, on the `meta` device: "mmdit", "vae", "clip_l", "clip_g", "t5"."""
+    with torch.device("meta"):
+        return {
+            "mmdit": mmdit.MMDiT(mmdit.Config.preset(which)),
+            "vae": vae.AutoEncoderKL(vae.VAEConfig.sd3()),
+            "clip_l": clip.CLIPTextModel(clip.CLIPConfig.clip_l()),
+            "clip_g": clip.CLIPTextModel(clip.CLIPConfig.clip_g()),
+            "t5": clip.T5Encoder(replace(clip.T5Config.t5_xxl(), num_layers=t5_layers)),
+        }
+
+
 def write_random(which: str, cache: Path, *, t5_layers: int = 2, seed: int = 0) -> tuple[ModelFiles, dict]:
     """Write (once) random checkpoints of `which`'s real architecture; T5 keeps `t5_layers` of its 24.
 
@@ -68,15 +80,7 @@ def write_random(which: str, cache: Path, *, t5_layers: int = 2, seed: int = 0) 
     description = {"variant": which, "t5_layers": t5_layers, "seed": seed, "dtype": "bfloat16"}
     if (folder / "done.json").exists():
         return files, description
-    config = mmdit.Config.preset(which)
-    with torch.device("meta"):
-        parts = {
-            "mmdit": mmdit.MMDiT(config),
-            "vae": vae.AutoEncoderKL(vae.VAEConfig.sd3()),
-            "clip_l": clip.CLIPTextModel(clip.CLIPConfig.clip_l()),
-            "clip_g": clip.CLIPTextModel(clip.CLIPConfig.clip_g()),
-            "t5": clip.T5Encoder(replace(clip.T5Config.t5_xxl(), num_layers=t5_layers)),
-        }
+    parts = architectures(which, t5_layers)
     # As in the SD3.5 repos: MMDiT and VAE in one file, each text encoder in its own.
     save_file({**random_state(parts["mmdit"], seed, mmdit.PREFIX),
                **random_state(parts["vae"], seed + 1, vae.PREFIX, vae.checkpoint_name)}, str(files.checkpoint))

@@ -19,9 +19,11 @@ from sd3.sampling import ModelFiles
 
 
 def _tensors(path: Path, prefix: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The component's tensors in `dtype`, read as our loaders read them (sd3/checkpoint.py): in another
+    dtype than the file's, through plain reads, so the file's pages are never mapped into the process."""
     with open_checkpoint(path) as checkpoint:
         part = checkpoint.component(prefix)
-        return {key: part.tensor(key).to(dtype) for key in part.keys()}
+        return {key: part.tensor(key, dtype) for key in part.keys()}
 
 
 def _fill(model, state: dict, buffers: dict | None = None) -> torch.nn.Module:
@@ -112,7 +114,8 @@ def t5_encoder(path: Path, dtype: torch.dtype):
 def pipeline(files: ModelFiles, dtype: torch.dtype = torch.float32, parts: tuple[str, ...] = ("text", "mmdit", "vae")):
     """The reference pipeline: CLIP-L padded with EOS and CLIP-G with "!", as the stabilityai repos set up.
 
-    `parts` leaves out the components not named (None), e.g. ("text",) to time text encoding alone.
+    `parts` leaves out the models not named (None): ("text",) encodes prompts only, ("mmdit",) denoises
+    given embeddings, so that a caller can hold one stage's weights at a time.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import PreTrainedTokenizerFast
@@ -123,16 +126,17 @@ def pipeline(files: ModelFiles, dtype: torch.dtype = torch.float32, parts: tuple
             model_max_length=77,
         )
 
+    text = "text" in parts
     eos = clip.CLIPTokenizer(files.clip_l_tokenizer).eos_id
     return StableDiffusion3Pipeline(
         transformer=transformer(files, dtype) if "mmdit" in parts else None,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=autoencoder(files, dtype) if "vae" in parts else None,
-        text_encoder=clip_text(files.clip_l, clip.CLIP_L_PREFIX, dtype, "quick_gelu", eos),
+        text_encoder=clip_text(files.clip_l, clip.CLIP_L_PREFIX, dtype, "quick_gelu", eos) if text else None,
         tokenizer=clip_tokenizer(files.clip_l_tokenizer, "<|endoftext|>"),
-        text_encoder_2=clip_text(files.clip_g, clip.CLIP_G_PREFIX, dtype, "gelu", eos),
+        text_encoder_2=clip_text(files.clip_g, clip.CLIP_G_PREFIX, dtype, "gelu", eos) if text else None,
         tokenizer_2=clip_tokenizer(files.clip_g_tokenizer, "!"),
-        text_encoder_3=t5_encoder(files.t5xxl, dtype),
+        text_encoder_3=t5_encoder(files.t5xxl, dtype) if text else None,
         tokenizer_3=PreTrainedTokenizerFast(
             tokenizer_file=str(files.t5_tokenizer), eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
             model_max_length=512,

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+import torch
 from PIL import Image
+
+from sd3.errors import DeviceError
 
 from sd3.testing import audit
 
@@ -49,3 +53,21 @@ def test_bfloat16_drift_is_reported_not_hidden(tmp_path):
     code, report = _run(tmp_path, "--dtype", "bfloat16", "--fail-above", "1e-3")
     assert code == 1
     assert report["setup"]["dtype"] == "bfloat16" and report["first_above_threshold"] is not None
+
+
+def test_an_audit_that_cannot_fit_is_refused_before_writing_anything(tmp_path, monkeypatch, capsys):
+    """The real-size default needs its MMDiT (2.24 B parameters) in float32 plus the overhead: 11.9 GiB."""
+    stages = audit.stage_parameters(audit.parser().parse_args([]))
+    assert stages["mmdit"] == 2_243_171_520 and stages["mmdit"] > stages["text"] > stages["vae"]
+    monkeypatch.setattr(audit, "available_bytes", lambda device: 8 * 2**30)
+    code = audit.main(["--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "needs about 11.9 GiB of memory (the mmdit stage's weights in float32 plus 3.5 GiB)" in err
+    assert "only 8.0 GiB is available; sd3 audit --tiny" in err
+    assert not (tmp_path / "cache").exists() and not list(tmp_path.glob("report*"))
+    # In bfloat16 on both sides the same machine has room: 4.2 + 3.5 GiB.
+    audit.check_memory(audit.parser().parse_args([]), (torch.bfloat16, torch.bfloat16))
+    large = audit.parser().parse_args(["--variant", "3.5-large"])
+    with pytest.raises(DeviceError, match=r"needs about 33\.\d GiB"):
+        audit.check_memory(large, (torch.float32, torch.float32))
