@@ -85,6 +85,13 @@ class DiTBlock(nn.Module):
             x = x + gate_msa2[:, None] * self.attn2.post_attention(attention(q2, k2, v2))
         return x + gate_mlp[:, None] * self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
 
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The stream alone, attending over its own tokens: x (b, n, d), c (b, d) -> (b, n, d).
+
+        A ControlNet block of Stability's SD3.5 nets (its `DismantledBlock` called as `block(x, c)`)."""
+        qkv, state = self.pre_attention(x, c)
+        return self.post_attention(attention(*qkv), x, *state)
+
 
 class JointBlock(nn.Module):
     """`context_block` and `x_block` attending jointly over [context, x] tokens."""

@@ -10,7 +10,7 @@ without renaming. Legend: b batch, c latent channels, h w token grid, p patch, d
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from einops import rearrange
@@ -59,6 +59,8 @@ class MMDiT(nn.Module):
         y: torch.Tensor,
         context: torch.Tensor,
         skip_layers: Iterable[int] | None = None,
+        controls: Sequence[torch.Tensor] | None = None,
+        controls_after_last_block: bool = True,
     ) -> torch.Tensor:
         """One velocity prediction (the Candle signature).
 
@@ -67,7 +69,12 @@ class MMDiT(nn.Module):
             t: timesteps (b,) = sigma * 1000 (a 0-d tensor is broadcast over the batch).
             y: pooled text vector (b, adm_in_channels).
             context: per-token text features (b, l, context_dim).
-            skip_layers: indices of joint blocks to bypass entirely (skip-layer guidance).
+            skip_layers: indices of joint blocks to bypass entirely (skip-layer guidance); a skipped
+                block adds no control residual either (Stability's `forward_core_with_concat`).
+            controls: ControlNet residuals, k tensors (b, h*w, d) (mmdit/controlnet.py, scaled and summed
+                over nets): after block i the image tokens get `controls[i * k // depth]`.
+            controls_after_last_block: whether the last block gets its residual too; Stability's code
+                adds it, diffusers' `SD3Transformer2DModel` does not (its last block is context-pre-only).
 
         Returns:
             v (b, out_channels, H, W) in the model's dtype; inputs are cast to it.
@@ -86,8 +93,11 @@ class MMDiT(nn.Module):
         ctx = self.context_embedder(context.to(dtype))  # (b, l, d)
 
         for i, block in enumerate(self.joint_blocks):
-            if i not in skip:
-                ctx, tokens = block(ctx, tokens, c)
+            if i in skip:
+                continue
+            ctx, tokens = block(ctx, tokens, c)
+            if controls and (i < cfg.depth - 1 or controls_after_last_block):
+                tokens = tokens + controls[i * len(controls) // cfg.depth].to(dtype)
 
         out = self.final_layer(tokens, c)  # (b, h*w, p*p*c)
         p = cfg.patch_size

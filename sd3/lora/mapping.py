@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 # diffusers' SD3 module (after `transformer_blocks.N.`) -> (our module after `joint_blocks.N.`, its qkv part)
-_MODULES = {
+DIFFUSERS_BLOCK_MODULES = {
     "attn.to_q": ("x_block.attn.qkv", 0), "attn.to_k": ("x_block.attn.qkv", 1), "attn.to_v": ("x_block.attn.qkv", 2),
     "attn.add_q_proj": ("context_block.attn.qkv", 0), "attn.add_k_proj": ("context_block.attn.qkv", 1),
     "attn.add_v_proj": ("context_block.attn.qkv", 2),
@@ -70,9 +70,9 @@ def diffusers_target(name: str, depth: int) -> Target | None:
     if rest in _TOP:
         return Target("mmdit", _TOP[rest], swap_halves=rest == "norm_out.linear")
     found = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", rest)
-    if not found or found.group(2) not in _MODULES:
+    if not found or found.group(2) not in DIFFUSERS_BLOCK_MODULES:
         return None
-    index, (ours, qkv_part) = int(found.group(1)), _MODULES[found.group(2)]
+    index, (ours, qkv_part) = int(found.group(1)), DIFFUSERS_BLOCK_MODULES[found.group(2)]
     last_context = found.group(2) == "norm1_context.linear" and index == depth - 1
     return Target("mmdit", f"joint_blocks.{index}.{ours}", qkv_part, swap_halves=last_context)
 
@@ -93,7 +93,7 @@ def onetrainer_target(name: str, depth: int, lookup: dict[str, dict[str, str]]) 
 @functools.cache
 def _diffusers_names(depth: int) -> dict[str, str]:
     """diffusers' SD3 transformer module names with underscores -> with dots, for `depth` blocks."""
-    names = [f"transformer_blocks.{i}.{module}" for i in range(depth) for module in _MODULES] + list(_TOP)
+    names = [f"transformer_blocks.{i}.{module}" for i in range(depth) for module in DIFFUSERS_BLOCK_MODULES] + list(_TOP)
     return {name.replace(".", "_"): name for name in names}
 
 
