@@ -51,8 +51,12 @@ def encode_images(
 
     Args:
         generator: sample the latent distribution with this generator; None takes its mean.
-        tile_size: encode in tiles of this many image pixels (a multiple of 8); None in one go.
+        tile_size: encode in tiles of this many image pixels (a multiple of 8, at least twice
+            `tile_overlap`: 256 with the default); None in one go.
         tile_overlap: image pixels shared by neighbouring tiles (a multiple of 8).
+
+    Raises:
+        VAEDecodingError: tile sizes that cannot blend or do not align (vae/tiling.py).
     """
     cfg = vae.config
     if tile_size is None:

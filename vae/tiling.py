@@ -22,13 +22,16 @@ import torch
 from sd3.errors import VAEDecodingError
 
 
-def _starts(size: int, tile: int, overlap: int) -> list[int]:
+def _starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
     """Tile start offsets covering [0, size): the fewest tiles whose neighbours share at least
-    `overlap` pixels, spread evenly, so the overlaps grow alike where `size` is not a multiple."""
+    `overlap` pixels, spread evenly, so the overlaps grow alike where `size` is not a multiple.
+    Starts are multiples of `align` (8 when encoding, so that each tile's latents land on whole
+    latent pixels); `size`, `tile` and `overlap` must then be multiples of it too."""
     if size <= tile:
         return [0]
+    size, tile, overlap = size // align, tile // align, overlap // align
     count = math.ceil((size - overlap) / (tile - overlap))
-    return [round(k * (size - tile) / (count - 1)) for k in range(count)]
+    return [align * round(k * (size - tile) / (count - 1)) for k in range(count)]
 
 
 def _ramp(length: int, rise: int, fall: int) -> torch.Tensor:
@@ -52,12 +55,22 @@ def tiled(
     Args:
         fn: the decoder (scale 8) or encoder (scale 1/8).
         x: the input, (b, c, h, w).
-        tile: tile side in input pixels; overlap: pixels shared by neighbouring tiles.
+        tile: tile side in input pixels; overlap: pixels shared by neighbouring tiles. Encoding
+            (scale < 1) needs both, and the input's sides, to be multiples of 1 / scale.
+
+    Raises:
+        VAEDecodingError: a tile under twice the overlap, or sizes that do not align.
     """
     if not 0 < 2 * overlap <= tile:
-        raise VAEDecodingError(f"a tile of {tile} must be at least twice its overlap, got an overlap of {overlap}")
+        raise VAEDecodingError(
+            f"`tile_size` ({tile}) must be at least twice `tile_overlap` ({overlap}), and the overlap positive")
     _, _, height, width = x.shape
-    rows, cols = _starts(height, tile, overlap), _starts(width, tile, overlap)
+    align = round(1 / scale) if scale < 1 else 1
+    if any(n % align for n in (tile, overlap, height, width)):
+        raise VAEDecodingError(
+            f"encoding in tiles needs `tile_size` ({tile}), `tile_overlap` ({overlap}) and the image sides "
+            f"({height}x{width}) to be multiples of {align}")
+    rows, cols = _starts(height, tile, overlap, align), _starts(width, tile, overlap, align)
     out = weight = None
     for r, top in enumerate(rows):
         for c, left in enumerate(cols):

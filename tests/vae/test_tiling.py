@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from sd3.errors import VAEDecodingError
 from sd3.testing.tiny.vae import vae_state_dict
 from sd3.vae import decode_latents, encode_images, load_vae
 from sd3.vae.tiling import tiled
@@ -97,9 +98,8 @@ def test_tiled_encoding_covers_the_image_and_stays_close(vae):
 
 
 def test_bad_overlap(vae):
-    from sd3.errors import VAEDecodingError
 
-    with pytest.raises(VAEDecodingError, match="a tile of 8 must be at least twice its overlap, got an overlap of 5"):
+    with pytest.raises(VAEDecodingError, match=r"`tile_size` \(8\) must be at least twice `tile_overlap` \(5\)"):
         decode_latents(vae, _smooth_latents(20, 20), tile_size=8, tile_overlap=5)
 
 
@@ -148,3 +148,14 @@ def test_tiled_decoding_approaches_untiled_as_the_overlap_grows(vae):
         gaps = [(decode_latents(vae, z, tile_size=2 * o, tile_overlap=o) - untiled).abs().mean().item()
                 for o in (4, 8, 12, 16, 20)]
     assert all(a > b for a, b in zip(gaps, gaps[1:])) and gaps[-1] == 0.0
+
+
+@pytest.mark.parametrize("height, width, tile, overlap", [(144, 144, 64, 32), (1000, 96, 512, 128), (200, 328, 96, 32)])
+def test_encoding_tiles_start_on_whole_latent_pixels(height, width, tile, overlap):
+    """A local 8x8 map (an average pool standing in for the encoder) tiled equals it untiled: every
+    tile starts on a multiple of 8 pixels, so its latents land on whole latent pixels."""
+    image = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    pool = lambda x: torch.nn.functional.avg_pool2d(x, 8)  # noqa: E731
+    assert (tiled(pool, image, tile=tile, overlap=overlap, scale=1 / 8) - pool(image)).abs().max() < 1e-5
+    with pytest.raises(VAEDecodingError, match="multiples of 8"):
+        tiled(pool, image[..., :-4], tile=tile, overlap=overlap, scale=1 / 8)
