@@ -42,14 +42,18 @@ _SHOWN = 5
 class _Change:
     linear: nn.Linear
     rows: slice
-    down: torch.Tensor | None  # (rank, in); None for a LyCORIS module
-    up: torch.Tensor  # (rows, rank), or a LyCORIS module's ΔW (rows, in); halves swapped where the target says so
-    factor: float  # alpha / rank
+    module: LoRAModule  # its factors on the linear's device
+    swap_halves: bool  # diffusers' (scale, shift) rows onto the checkpoint's (shift, scale)
     backup: torch.Tensor | None = None  # merged: the original rows
 
+    @property
+    def factor(self) -> float:
+        return self.module.alpha / self.module.rank
+
     def matrix(self) -> torch.Tensor:
-        """ΔW (rows, in) before the scale and the alpha / rank factor."""
-        return self.up if self.down is None else self.up @ self.down
+        """ΔW (rows, in) before the scale and the alpha / rank factor, built from the factors now."""
+        delta = self.module.delta()
+        return torch.cat(delta.chunk(2)[::-1]) if self.swap_halves else delta
 
 
 class LoRAHandle:
@@ -172,7 +176,7 @@ class LoRA:
             return diffusers_target(name, depth)
         if self.file.format == "kohya":
             return kohya_target(name, lookup)
-        if self.file.format == "onetrainer":
+        if self.file.format in ("onetrainer", "lycoris"):
             return onetrainer_target(name, depth, lookup)
         return Target("mmdit", name)
 
@@ -180,11 +184,8 @@ class LoRA:
 def _change(module: LoRAModule, target: Target, linear: nn.Linear) -> _Change:
     n = linear.out_features // 3
     rows = slice(target.qkv_part * n, (target.qkv_part + 1) * n) if target.qkv_part is not None else slice(None)
-    up, down = (module.full, None) if module.full is not None else (module.up, module.down)
-    if target.swap_halves:  # diffusers' (scale, shift) onto the checkpoint's (shift, scale)
-        up = torch.cat(up.chunk(2)[::-1])
     device = next(linear.parameters()).device  # not `weight`, which would dequantise a quantised one
-    return _Change(linear, rows, None if down is None else down.to(device), up.to(device), module.alpha / module.rank)
+    return _Change(linear, rows, module.to(device), target.swap_halves)
 
 
 def load_lora(path: str | Path) -> LoRA:

@@ -71,7 +71,7 @@ def test_loha_and_lokr_give_lycoris_own_delta(tiny, tmp_path, naming, merge):
 def test_a_tucker_lycoris_module_is_refused(tmp_path):
     save_file({"lycoris_transformer_blocks_0_attn_to_q.hada_w1_a": torch.ones(4, 2),
                "lycoris_transformer_blocks_0_attn_to_q.hada_t1": torch.ones(2, 2, 3, 3)}, str(tmp_path / "t.safetensors"))
-    with pytest.raises(ModelLoadingError, match="convolution \\(Tucker\\) LyCORIS module"):
+    with pytest.raises(ModelLoadingError, match="LyCORIS module '.*' is a convolution \\(Tucker\\) module"):
         load_lora(tmp_path / "t.safetensors")
 
 
@@ -90,3 +90,40 @@ def test_a_loha_on_a_text_encoder_in_kohyas_names(tiny, tmp_path):
                              None, None, gamma=ALPHA / RANK)
     key = "text_model.encoder.layers.0.self_attn.q_proj.weight"
     assert (adapted.state_dict()[key] - (base.state_dict()[key] + SCALE * delta)).abs().max() <= 1e-6
+
+
+def test_lokr_with_its_first_side_decomposed_and_on_a_swapped_modulation(tiny, tmp_path):
+    """w1 as w1_a @ w1_b (the rank from that side), on `norm_out.linear`, whose diffusers rows are
+    (scale, shift) where ours are (shift, scale): the ΔW's halves land swapped."""
+    d = tiny.mmdit.hidden
+    k1a, k1b, k2 = _randn(4, RANK, seed=21), _randn(RANK, 4, seed=22), _randn(d // 2, d // 4, seed=23)
+    save_file({"lycoris_norm_out_linear.lokr_w1_a": k1a, "lycoris_norm_out_linear.lokr_w1_b": k1b,
+               "lycoris_norm_out_linear.lokr_w2": k2, "lycoris_norm_out_linear.alpha": torch.tensor(ALPHA)},
+              str(tmp_path / "swap.safetensors"))
+    delta = lokr.diff_weight(None, k1a, k1b, k2, None, None, None, gamma=ALPHA)
+    base, adapted = load_mmdit(tiny.checkpoint), load_mmdit(tiny.checkpoint)
+    lora = load_lora(tmp_path / "swap.safetensors")
+    assert lora.file.format == "lycoris"
+    lora.apply({"mmdit": adapted}, SCALE)
+    key = "final_layer.adaLN_modulation.1.weight"
+    want = base.state_dict()[key] + SCALE * torch.cat(delta.chunk(2)[::-1])
+    assert (adapted.state_dict()[key] - want).abs().max() <= 1e-6 and delta.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("factors, message", [
+    ({"hada_w1_a": torch.ones(8, 2), "hada_w1_b": torch.ones(3, 8), "hada_w2_a": torch.ones(8, 2),
+      "hada_w2_b": torch.ones(2, 8)}, r"\(LoHa\) has factors that do not fit together"),
+    ({"hada_w1_b": torch.ones(2, 8), "hada_w2_a": torch.ones(8, 2), "hada_w2_b": torch.ones(2, 8)},
+     r"\(LoHa\) lacks hada_w1_a"),
+    ({"lokr_w1": torch.ones(2, 2), "lokr_w2_a": torch.ones(4, 2), "lokr_w2_b": torch.ones(3, 4)}, "do not multiply"),
+])
+def test_malformed_lycoris_modules_are_named(tmp_path, factors, message):
+    save_file({f"lycoris_transformer_blocks_0_attn_to_q.{k}": v for k, v in factors.items()}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ModelLoadingError, match=message):
+        load_lora(tmp_path / "bad.safetensors")
+
+
+def test_lycoris_modules_under_unknown_names_say_so(tmp_path):
+    save_file({"transformer.transformer_blocks.0.attn.to_q.hada_w1_a": torch.ones(8, 2)}, str(tmp_path / "dotted.safetensors"))
+    with pytest.raises(ModelLoadingError, match="LyCORIS modules under names this project does not map"):
+        load_lora(tmp_path / "dotted.safetensors")
