@@ -152,6 +152,9 @@ class T5Tokenizer:
     def _prompt_ids(self, prompt: str) -> list[int]:
         if self.rules == "plain":
             return self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        if len(prompt) > STABILITY_T5_CHARACTERS:
+            logger.warning("T5 reads the first %d characters (Stability's rule); dropped the last %d of %d: %r",
+                           STABILITY_T5_CHARACTERS, len(prompt) - STABILITY_T5_CHARACTERS, len(prompt), prompt[:60])
         return [i for group in _word_by_word(self.tokenizer, prompt[:STABILITY_T5_CHARACTERS]) for i in group]
 
     def __call__(self, prompts: str | list[str]) -> torch.Tensor:

@@ -4,7 +4,8 @@
 pipeline knows: the checkpoint's position table (the largest image), its number of blocks (SLG
 layers), its context width (a saved conditioning), and how the images, prompts, initial latents and
 image to image fit together. `StableDiffusion3` offers `options` and `check` as its methods;
-`generate_many` uses `work`. Every refusal is a `ConfigurationError`.
+`generate_many` uses `work`. Every refusal is a `ConfigurationError`, but for a prompt longer than
+untruncated T5 takes (a `TextEncodingError`, as the tokenizer raises it).
 """
 
 from __future__ import annotations

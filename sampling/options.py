@@ -108,6 +108,8 @@ class GenerationOptions:
 
 def check_tile_size(tile_size: int | None) -> None:
     """Refuse a `tile_size` (latent pixels) too small to blend: under twice the tiles' overlap."""
+    if tile_size is not None and (not isinstance(tile_size, int) or isinstance(tile_size, bool)):
+        raise ConfigurationError(f"`tile_size` must be a whole number of latent pixels, got {tile_size!r}")
     if tile_size is not None and tile_size < 2 * DECODE_TILE_OVERLAP:
         raise ConfigurationError(
             f"`tile_size` must be at least {2 * DECODE_TILE_OVERLAP} (twice the {DECODE_TILE_OVERLAP} latent pixels "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
 
@@ -146,9 +147,11 @@ class StableDiffusion3:
 
     # -- adapters --------------------------------------------------------------------------------
     def add_lora(self, path, scale: float = 1.0, *, merge: bool = True, strict: bool = True) -> LoRA:
-        """Apply a LoRA file (diffusers/PEFT, SimpleTuner, kohya, OneTrainer or original names; or a
-        `LoRA`) to this pipeline's models: now to those loaded, at load to the rest. Returns the LoRA.
-        `merge=False` keeps the weights untouched and adds the delta at forward time (docs/lora.md)."""
+        """Apply a LoRA file (diffusers/PEFT, SimpleTuner, kohya, OneTrainer, LyCORIS or original names;
+        or a `LoRA`) to this pipeline's models: now to those loaded, at load to the rest. Returns the
+        LoRA. `merge=False` keeps the weights untouched and adds the delta at forward time (docs/lora.md)."""
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ConfigurationError(f"a LoRA's `scale` must be a finite number, got {scale!r}")
         lora = path if isinstance(path, LoRA) else load_lora(path)
         lora.check(self.components.architectures(), strict)  # every module against this checkpoint: nothing loads
         self.loras.append((lora, scale, merge, strict))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import re
 import secrets
 import sys
@@ -43,8 +44,7 @@ FLAGS = {
     "shift": "--time-shift", "num_images": "--num-images", "batch_size": "--batch-size",
     "batch_size=1": "--batch-size 1", "sampler_name": "--sampler", "latents": "--latents",
     "reference": "--reference", "which": "--which", "slg=True": "--use-slg", "slg": "--use-slg", "prompts": "--prompt",
-    "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size", "t5_length": "--t5-max-length",
-    "prompt_rules": "--reference", "rules": "--reference",
+    "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size", "t5_length": "--t5-max-length", "scale": "--lora PATH:SCALE",
     "prompts_file": "--prompts-file", "chunk_size": "--chunk-size", "output_dir": "--output-dir",
     "final_image": "--final-image", "overwrite=True": "--overwrite", "init_image": "--init-image",
     "strength": "--strength", "mask": "--mask", "preview": "--preview", "preview_interval": "--preview-interval",
@@ -226,14 +226,19 @@ def previews(args) -> Preview | None:
 
 
 def parse_lora(value: str) -> tuple[Path, float]:
-    """`PATH[:SCALE]` -> (path, scale)."""
+    """`PATH[:SCALE]` -> (path, scale); a file whose own name holds a colon is taken whole."""
     path, _, scale = value.rpartition(":")
-    if path:
-        try:
-            return Path(path), float(scale)
-        except ValueError:
-            pass
-    return Path(value), 1.0
+    if not path or Path(value).is_file():
+        path, scale = value, "1"
+    try:
+        number = float(scale)
+    except ValueError:
+        raise ConfigurationError(f"--lora takes PATH[:SCALE] with a number for SCALE, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigurationError(f"--lora's SCALE must be a finite number, got {scale!r}")
+    if not Path(path).expanduser().is_file():
+        raise ConfigurationError(f"--lora file not found: {path}")
+    return Path(path).expanduser(), number
 
 
 def parse_batch_size(value: str) -> int:

@@ -80,7 +80,7 @@ class LoRAHandle:
 
 
 class _Deltas(nn.Module):
-    """A weight parametrization: W + Σ scale · (alpha / rank) · up @ down over the applied LoRAs."""
+    """A weight parametrization: W + Σ scale · (alpha / rank) · ΔW over the applied LoRAs (`LoRAModule.delta`)."""
 
     def __init__(self) -> None:
         super().__init__()

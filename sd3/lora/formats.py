@@ -173,7 +173,7 @@ def _detect(keys: list[str], path: Path) -> str:
     raise ModelLoadingError(
         f"{path} is not a LoRA in a format this project reads (diffusers/PEFT lora_A/lora_B, SimpleTuner "
         f"lora.down/lora.up, kohya lora_unet_/lora_te*_ or OneTrainer lora_transformer_ with lora_down/lora_up, "
-        f"or original diffusion_model. names); keys: {keys[:3]}"
+        f"LyCORIS LoHa/LoKr, or original diffusion_model. names); keys: {keys[:3]}"
     )
 
 

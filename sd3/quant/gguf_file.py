@@ -90,9 +90,11 @@ def open_gguf(path: Path) -> Iterator:
             architecture (Flux, SDXL, an LLM); a tensor type this project does not dequantise.
     """
     gguf = require_gguf()
-    readable = gguf.gguf_reader.READER_SUPPORTED_VERSIONS
+    readable = getattr(gguf.gguf_reader, "READER_SUPPORTED_VERSIONS", (2, 3))
     with open(path, "rb") as file:
-        magic, version = file.read(4), int.from_bytes(file.read(4), "little")
+        magic, raw = file.read(4), file.read(4)
+    # The version is written in the file's byte order; gguf reads big-endian files too.
+    version = min(int.from_bytes(raw, "little"), int.from_bytes(raw, "big"))
     if magic != b"GGUF" or version not in readable:  # a whole file, of a kind this reader cannot take
         what = "not a GGUF file (no GGUF magic)" if magic != b"GGUF" else f"a GGUF file of version {version}"
         raise ModelLoadingError(f"{path} is {what}; this project reads GGUF versions "

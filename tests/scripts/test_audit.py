@@ -56,18 +56,46 @@ def test_bfloat16_drift_is_reported_not_hidden(tmp_path):
 
 
 def test_an_audit_that_cannot_fit_is_refused_before_writing_anything(tmp_path, monkeypatch, capsys):
-    """The real-size default needs its MMDiT (2.24 B parameters) in float32 plus the overhead: 11.9 GiB."""
+    """The real-size default needs its MMDiT (2.24 B parameters and its 384 x 384 x 1536 position table)
+    in float32 plus the overhead: 12.2 GiB."""
     stages = audit.stage_parameters(audit.parser().parse_args([]))
-    assert stages["mmdit"] == 2_243_171_520 and stages["mmdit"] > stages["text"] > stages["vae"]
+    assert stages["mmdit"] == 2_243_171_520 + 384 * 384 * 1536 and stages["mmdit"] > stages["text"] > stages["vae"]
     monkeypatch.setattr(audit, "available_bytes", lambda device: 8 * 2**30)
     code = audit.main(["--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "report")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
-    assert "needs about 11.9 GiB of memory (the mmdit stage's weights in float32 plus 3.5 GiB)" in err
+    assert "needs about 12.2 GiB of memory (the mmdit stage's weights in float32 plus 3.0 GiB)" in err
     assert "only 8.0 GiB is available; sd3 audit --tiny" in err
     assert not (tmp_path / "cache").exists() and not list(tmp_path.glob("report*"))
-    # In bfloat16 on both sides the same machine has room: 4.2 + 3.5 GiB.
+    # In bfloat16 on both sides the same machine has room: 4.6 + 3 GiB.
     audit.check_memory(audit.parser().parse_args([]), (torch.bfloat16, torch.bfloat16))
     large = audit.parser().parse_args(["--variant", "3.5-large"])
     with pytest.raises(DeviceError, match=r"needs about 33\.\d GiB"):
         audit.check_memory(large, (torch.float32, torch.float32))
+
+
+def test_bad_flags_are_refused_before_anything_is_written(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert audit.main(["--t5-layers", "0", "--cache-dir", str(cache)]) == 2
+    assert "--t5-layers must be between 1 and 24" in capsys.readouterr().err
+    assert audit.main(["--tiny", "--cache-dir", str(cache), "--out", str(tmp_path / "missing" / "x")]) == 2
+    assert "the folder" in capsys.readouterr().err and not cache.exists()
+
+
+def test_stage_parameters_of_real_files_read_their_headers(tmp_path):
+    """The real-files branch counts each component under its prefix, as the architecture does."""
+    from sd3.testing.random_weights import write_tiny
+
+    files, _ = write_tiny(tmp_path / "cache")
+    flags = ["--checkpoint", str(files.checkpoint), "--clip-l", str(files.clip_l), "--clip-g", str(files.clip_g),
+             "--t5xxl", str(files.t5xxl), "--clip-l-tokenizer", str(files.clip_l_tokenizer),
+             "--clip-g-tokenizer", str(files.clip_g_tokenizer), "--t5-tokenizer", str(files.t5_tokenizer)]
+    stages = audit.stage_parameters(audit.parser().parse_args(flags))
+    from sd3.sampling import StableDiffusion3
+
+    models = StableDiffusion3(files).components.architectures()
+    count = lambda name: sum(t.numel() for t in models[name].state_dict().values())  # noqa: E731
+    assert stages["mmdit"] == count("mmdit") > 0
+    # T5 files store their tied embedding twice (`shared`, `encoder.embed_tokens`): counted as stored.
+    assert stages["text"] >= count("clip_l") + count("clip_g") + count("t5") > 0
+    assert stages["vae"] > 0

@@ -101,6 +101,11 @@ def test_no_t5_and_reference_flags(tiny, tmp_path):
         pytest.param(["--use-flash-attn"], "--use-flash-attn needs a CUDA device",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")),
         (["--prompts-file", "/nonexistent/prompts.txt"], "--prompts-file /nonexistent/prompts.txt: file not found"),
+        (["--lora", "/nonexistent/style.safetensors:0.8"], "--lora file not found: /nonexistent/style.safetensors"),
+        (["--lora", "style.safetensors:abc"], "--lora takes PATH[:SCALE] with a number for SCALE, got 'style.safetensors:abc'"),
+        (["--lora", "style.safetensors:nan"], "--lora's SCALE must be a finite number, got 'nan'"),
+        (["--t5-max-length", "5000"], "--t5-max-length must be between 1 and 1024 tokens, got 5000"),
+        (["--tile-size", "16"], "--tile-size must be at least 32"),
     ],
 )
 def test_errors_are_one_line_with_exit_1(tiny, tmp_path, capsys, flags, message):
