@@ -71,7 +71,7 @@ def load_controlnet(
     with open_checkpoint(source) as checkpoint:
         check_is_controlnet(checkpoint)
         if any(_DIFFUSERS_BLOCK.match(k) and ".attn.to_q." in k for k in checkpoint.keys()):
-            ours = _from_diffusers(checkpoint, dtype)
+            ours = _from_diffusers(checkpoint, dtype, read=device.type != "meta")
             with open_checkpoint(ours) as renamed:
                 return _load(renamed, base, dtype, device, lambda name: name)
         file_name = {ours: theirs for theirs, ours in _TOP.items()}
@@ -103,15 +103,20 @@ def _load(checkpoint: TensorSource, base: Config, dtype, device, to_file) -> Con
     return load_strict(model, checkpoint, dtype=dtype, device=device, what="ControlNet", to_checkpoint_name=to_file)
 
 
-def _from_diffusers(checkpoint: TensorSource, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """diffusers' names -> ours, reading every tensor (in `dtype`) and stacking q, k, v into `qkv`."""
+def _from_diffusers(checkpoint: TensorSource, dtype: torch.dtype, read: bool = True) -> dict[str, torch.Tensor]:
+    """diffusers' names -> ours, reading every tensor (in `dtype`) and stacking q, k, v into `qkv`;
+    with `read` False, shapes only (on the `meta` device), so that checking a file reads no weight."""
     joint = "context_embedder.weight" in checkpoint
+
+    def tensor(key: str) -> torch.Tensor:
+        return checkpoint.tensor(key, dtype) if read else torch.empty(checkpoint.shape(key), device="meta", dtype=dtype)
+
     table = {**DIFFUSERS_BLOCK_MODULES, **_NORMS}
     out, parts = {}, {}
     for key in checkpoint.keys():
         match = _DIFFUSERS_BLOCK.match(key)
         if match is None:
-            out[_renamed(key, _TOP)] = checkpoint.tensor(key, dtype)
+            out[_renamed(key, _TOP)] = tensor(key)
             continue
         block, module, kind = match.groups()
         if module not in table:
@@ -121,9 +126,9 @@ def _from_diffusers(checkpoint: TensorSource, dtype: torch.dtype) -> dict[str, t
             target = target.removeprefix("x_block.")
         name = f"transformer_blocks.{block}.{target}.{kind}"
         if part is None:
-            out[name] = checkpoint.tensor(key, dtype)
+            out[name] = tensor(key)
         else:
-            parts.setdefault(name, {})[part] = checkpoint.tensor(key, dtype)
+            parts.setdefault(name, {})[part] = tensor(key)
     for name, pieces in parts.items():
         if sorted(pieces) != [0, 1, 2]:
             raise ModelLoadingError(f"{checkpoint.description}: '{name}' needs q, k and v; the file has {len(pieces)} of them")

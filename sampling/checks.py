@@ -19,6 +19,7 @@ import torch
 
 from sd3.errors import ConfigurationError
 from sd3.vae import load_taesd
+from sd3.sampling import control as control_lib
 from sd3.sampling import img2img, run
 from sd3.sampling.conditioning import Conditioning
 from sd3.sampling.guidance import SkipLayerGuidanceConfig
@@ -121,7 +122,7 @@ def request_options(pipe, request: ImageRequest, settings: dict, edit: run.Edit 
 
 def work(pipe, requests: list[ImageRequest], settings: dict, *, edit: run.Edit | None = None,
          encode_per_batch: bool = False, conditioning: Conditioning | None = None,
-         latents: torch.Tensor | None = None) -> run.Work:
+         latents: torch.Tensor | None = None, control: list[control_lib.ControlInput] = ()) -> run.Work:
     """`requests` in batches, every distinct setting checked (`settings` as for `options()`, each
     request's own settings winning): the `Work` that sampling/run.py runs.
 
@@ -140,7 +141,20 @@ def work(pipe, requests: list[ImageRequest], settings: dict, *, edit: run.Edit |
     if conditioning is None:
         check_t5_lengths(pipe, requests)
     batches = run.batches(requests, lambda request: options[settings_key(request)], settings.get("batch_size", 1))
-    return run.Work(batches, encode_per_batch, conditioning=conditioning, latents=latents, edit=edit)
+    return run.Work(batches, encode_per_batch, conditioning=conditioning, latents=latents, edit=edit,
+                    controls=list(control))
+
+
+def controls(pipe, control, settings: dict) -> list[control_lib.ControlInput]:
+    """Check the ControlNet inputs (sampling/control.py) against this checkpoint, before any model loads.
+    With one of Stability's nets, the unset `steps`, `cfg` and `shift` in `settings` become Stability's
+    recommended ControlNet settings (sd3_infer.py: 60 steps, cfg 3.5, shift 3, euler)."""
+    checked = control_lib.check_inputs(control, pipe.components.architectures()["mmdit"])
+    if any(c.config.kind != "joint" for c in checked):
+        for key in ("steps", "cfg", "shift"):
+            if settings.get(key) is None and settings.get("sigmas") is None:
+                settings[key] = control_lib.STABILITY_SETTINGS[key]
+    return checked
 
 
 def check_t5_lengths(pipe, requests: list[ImageRequest]) -> None:
@@ -152,13 +166,14 @@ def check_t5_lengths(pipe, requests: list[ImageRequest]) -> None:
 
 
 def check(pipe, prompts, negative_prompts=None, *, latents=None, init_image=None, strength=None, mask=None,
-          conditioning: Conditioning | str | os.PathLike | None = None, **settings) -> run.Work:
+          conditioning: Conditioning | str | os.PathLike | None = None, control=None, **settings) -> run.Work:
     """A `generate()` request checked whole, against this checkpoint, before any model loads: the
     `Work` that sampling/run.py runs (`settings` as for `options()`).
 
     Raises:
         ConfigurationError: as `generate()` says."""
     start = edit(init_image, strength, mask)
+    checked = controls(pipe, control, settings)
     if start is not None and latents is not None:
         raise ConfigurationError("`latents` and `init_image` do not go together: the image sets the start")
     if isinstance(conditioning, (str, os.PathLike)):
@@ -177,4 +192,4 @@ def check(pipe, prompts, negative_prompts=None, *, latents=None, init_image=None
                                  f"{requests[-1].prompt_index + 1} `prompts`: one row per prompt")
     if latents is not None:
         check_latents(latents, len(requests), options.height, options.width)
-    return work(pipe, requests, settings, edit=start, conditioning=conditioning, latents=latents)
+    return work(pipe, requests, settings, edit=start, conditioning=conditioning, latents=latents, control=checked)

@@ -8,11 +8,13 @@ v += scale * (v_cond - v_cond_skipped).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from sd3.mmdit.model import MMDiT
+from sd3.sampling.control import ActiveControl, residuals
 from sd3.sampling.conditioning import Conditioning
 
 
@@ -41,6 +43,9 @@ class GuidedVelocity:
         uncond_first: batch order [uncond, cond] (diffusers) instead of [cond, uncond] (Candle,
             Stability); the result is the same up to rounding.
         uncond_at_cfg_one: run the unconditional pass even at cfg = 1 (Candle and Stability do).
+        controls: ControlNets (sampling/control.py) whose residuals the guided passes get; the
+            skip-layer pass runs without them, as Stability's `SkipLayerCFGDenoiser` does.
+        controls_after_last_block: whether the MMDiT's last block gets a residual (`MMDiT.forward`).
     """
 
     def __init__(
@@ -53,8 +58,11 @@ class GuidedVelocity:
         steps: int,
         uncond_first: bool = False,
         uncond_at_cfg_one: bool = False,
+        controls: Sequence[ActiveControl] = (),
+        controls_after_last_block: bool = True,
     ) -> None:
         self.model, self.cond, self.cfg, self.slg, self.steps = model, cond, cfg, slg, steps
+        self.controls, self.controls_after_last_block = controls, controls_after_last_block
         self.uncond_first = uncond_first
         self.guided = cfg != 1.0 or uncond_at_cfg_one
         # Both halves of the CFG batch, concatenated once rather than every step.
@@ -68,10 +76,10 @@ class GuidedVelocity:
         """x (b, 16, h, w) float32, sigma a 0-d float32 tensor -> v (b, 16, h, w) float32."""
         t = (sigma * 1000).to(x.device)
         if not self.guided:
-            v_cond = self.model(x, t, self.cond.y, self.cond.context).float()
+            v_cond = self._model(x, t, self.cond.y, self.cond.context, step).float()
             v = v_cond
         else:
-            both = self.model(torch.cat([x, x]), t, self.batch_y, self.batch_context).float()
+            both = self._model(torch.cat([x, x]), t, self.batch_y, self.batch_context, step).float()
             first, second = both.chunk(2)
             v_uncond, v_cond = (first, second) if self.uncond_first else (second, first)
             v = v_uncond + self.cfg * (v_cond - v_uncond)
@@ -79,3 +87,10 @@ class GuidedVelocity:
             v_skip = self.model(x, t, self.cond.y, self.cond.context, skip_layers=self.slg.layers).float()
             v = v + self.slg.scale * (v_cond - v_skip)
         return v
+
+    def _model(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, context: torch.Tensor, step: int) -> torch.Tensor:
+        """One MMDiT call, with the residuals of the ControlNets active at `step`."""
+        if not self.controls:
+            return self.model(x, t, y, context)
+        extra = residuals(self.controls, x, t.expand(x.shape[0]), y, context, self.model, step, self.steps)
+        return self.model(x, t, y, context, controls=extra, controls_after_last_block=self.controls_after_last_block)

@@ -30,7 +30,7 @@ from sd3.checkpoint import open_checkpoint
 from sd3.devices import default_dtype, describe, resolve_device, resolve_dtype
 from sd3.errors import ConfigurationError, SamplingError
 from sd3.lora import LoRA, load_lora
-from sd3.sampling import checks, img2img, memory, run, stream
+from sd3.sampling import checks, control, img2img, memory, run, stream
 from sd3.sampling.components import Components
 from sd3.sampling.conditioning import Conditioning
 from sd3.sampling.guidance import GuidedVelocity, SkipLayerGuidanceConfig
@@ -160,7 +160,7 @@ class StableDiffusion3:
         return lora
 
     def _adapt(self, name: str, module: nn.Module) -> None:
-        for lora, scale, merge, strict in self.loras:
+        for lora, scale, merge, strict in self.loras if not name.startswith("controlnet:") else ():  # never a ControlNet
             lora.apply({name: module}, scale, merge=merge, strict=strict, only=name)
         self._user_on_load(name, module)
 
@@ -225,6 +225,7 @@ class StableDiffusion3:
         attention_backend=None,
         quiet: bool = True,
         indices: Sequence[int] | None = None,
+        controls: Sequence[tuple[control.ControlInput, torch.Tensor]] = (),
     ) -> torch.Tensor:
         """Start latents (n, 16, h, w) -> final latents (n, 16, h, w) float32 on the CPU, over
         `options.schedule` (from `options()`), in batches of `options.batch_size`.
@@ -238,6 +239,8 @@ class StableDiffusion3:
             blend: inpainting's replacement of the kept area after every step (sampling/img2img.py).
             attention_backend: a context manager around it (e.g. torch's `sdpa_kernel`).
             indices: the images' indices, for `Step.indices` (default 0 .. n - 1).
+            controls: checked `ControlInput`s with their control latents (sampling/control.py: 2n
+                rows, n without CFG), their ControlNets registered (`control.register`).
 
         Raises:
             ConfigurationError: latents and conditioning of different lengths, or latents not of
@@ -267,12 +270,16 @@ class StableDiffusion3:
         outputs = []
         preview_bytes = self.memory.decode_bytes(options.batch_size, options.height, options.width, None)
         with self.lifecycle.stage("denoise", activation) as models, self._lend(on_step, preview_bytes), torch.no_grad(), bar, \
+                self.lifecycle.hold("control") if controls else contextlib.nullcontext() as nets, \
                 attention_backend or contextlib.nullcontext():
             for first in batches:
                 part = slice(first, first + options.batch_size)
+                guided = options.cfg != 1.0 or ref.uncond_at_cfg_one
+                active = [control.ActiveControl(nets[c.name], control.rows(latent, n, part, guided), c) for c, latent in controls]
                 velocity = GuidedVelocity(
                     models["mmdit"], conditioning.rows(part).to(self.device), cfg=options.cfg, slg=options.slg,
                     steps=options.steps, uncond_first=ref.uncond_first, uncond_at_cfg_one=ref.uncond_at_cfg_one,
+                    controls=active, controls_after_last_block=ref.control_after_last_block,
                 )
                 x = latents[part].to(self.device, torch.float32)
                 outputs.append(sample(velocity, x, schedule, round_to=self.dtype if ref.round_latents else None,
@@ -355,6 +362,7 @@ class StableDiffusion3:
         strength: float | None = None,
         mask: ImageLike | None = None,
         conditioning: Conditioning | None = None,
+        control: Sequence[control.ControlInput] | None = None,
     ) -> GenerationResult:
         """Generate `num_images` images for each prompt; image k (counting across prompts) uses seed + k.
 
@@ -377,6 +385,8 @@ class StableDiffusion3:
                 (sampling/img2img.py explains both, and where the references differ.)
             conditioning: from `encode()` (or `Conditioning.load`), one row per prompt, in place of
                 the text: the text encoders do not load. `prompts` may still name the rows.
+            control: `ControlInput`s (ControlNet file, control image, scale, start, end; summed);
+                Stability's nets make its ControlNet settings the defaults (sampling/control.py).
 
         Raises:
             ConfigurationError: any setting or input that cannot run, before any model loads.
@@ -384,7 +394,7 @@ class StableDiffusion3:
         work = self.check(prompts, negative_prompts, height=height, width=width, steps=steps, cfg=cfg, shift=shift,
                           seed=seed, num_images=num_images, batch_size=batch_size, slg=slg, sampler_name=sampler_name,
                           sigmas=sigmas, latents=latents, tile_size=tile_size, init_image=init_image,
-                          strength=strength, mask=mask, conditioning=conditioning)
+                          strength=strength, mask=mask, conditioning=conditioning, control=control)
         checks.check_callback(on_step, self.files.taesd)
         # encode, start latents, denoise, decode (sampling/run.py)
         rendered = list(run.render(self, work, on_step=on_step, attention_backend=attention_backend, quiet=quiet))

@@ -41,6 +41,8 @@ class Reference:
     img2img_start: str = "diffusers"  # how strength picks the first step: "diffusers" or "stability"
     posterior: str = "mean"  # image to image's x0: the VAE posterior's "mean", or a "sample" (diffusers)
     inpaint_decode_shift: bool = True  # False: decode inpainted latents without the shift (diffusers)
+    control_pixels: str = "stability"  # a control image's pixel values: Stability's per type, or "diffusers" (2x - 1)
+    control_after_last_block: bool = True  # False: no ControlNet residual after the last block (diffusers)
 
     def __post_init__(self) -> None:
         if not 1 <= self.t5_length <= MAX_T5_TOKENS:
@@ -69,5 +71,6 @@ REFERENCES = {
     "stability": Reference("stability", t5_truncate=False, prompt_rules="stability", schedule="stability",
                            uncond_at_cfg_one=True, img2img_start="stability"),
     "diffusers": Reference("diffusers", t5_length=256, schedule="diffusers", uncond_first=True, round_latents=True,
-                           posterior="sample", inpaint_decode_shift=False),
+                           posterior="sample", inpaint_decode_shift=False, control_pixels="diffusers",
+                           control_after_last_block=False),
 }

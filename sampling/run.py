@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from sd3.sampling import img2img
+from sd3.sampling import control, img2img
 from sd3.sampling.conditioning import Conditioning
 from sd3.sampling.noise import initial_noise
 from sd3.sampling.options import GenerationOptions
@@ -80,6 +80,7 @@ class Work:
         latents: the caller's initial noise, (1 or n, 16, h, w), a row per image index.
         edit: image to image or inpainting, or None.
         largest: the options that size the residency decision (default: the largest batch's).
+        controls: the ControlNets every batch uses, with their control images.
     """
 
     batches: list[Batch]
@@ -88,6 +89,7 @@ class Work:
     latents: torch.Tensor | None = None
     edit: Edit | None = None
     largest: GenerationOptions | None = field(default=None)
+    controls: list[control.ControlInput] = field(default_factory=list)  # ControlNets, checked (sampling/control.py)
 
     def __post_init__(self) -> None:
         self.largest = self.largest or largest([b.options for b in self.batches])
@@ -150,21 +152,25 @@ def render(pipe, work: Work, *, on_step: StepCallback | None = None, attention_b
         with life.using(call):
             conditionings = _encode(pipe, work)  # 1. text -> conditioning (or the caller's)
             starts = _starts(pipe, work, need["vae"])  # 2. the seeds' noise, the caller's latents, or the image noised
+            controls = _controls(pipe, work, need["vae"])  # 2b. control images through the VAE
         if call.keeping:  # 3, 4: denoise and decode each batch; the models stay loaded anyway
-            for batch, cond, (start, blend) in zip(work.batches, conditionings, starts):
+            for batch, cond, (start, blend), ctrl in zip(work.batches, conditionings, starts, controls):
                 with life.using(call):
                     begin = time.perf_counter()
-                    latents = pipe.denoise(cond, start, batch.options, blend=blend, indices=batch.indices, **settings)
+                    latents = pipe.denoise(cond, start, batch.options, blend=blend, indices=batch.indices, controls=ctrl,
+                                           **settings)
                     images = _decode(pipe, batch, latents, vae_shift)
                 yield Rendered(batch, latents, images, time.perf_counter() - begin)
             return
         finished = []
         lent = on_step.model if isinstance(on_step, Preview) else None  # a preview's decoder, loaded once too
         with life.using(call), life.hold("denoise", need["mmdit"]), \
+                life.hold("control") if work.controls else contextlib.nullcontext(), \
                 life.hold(f"preview_{lent}", need["vae"]) if lent else contextlib.nullcontext():  # 3. every batch
-            for batch, cond, (start, blend) in zip(work.batches, conditionings, starts):
+            for batch, cond, (start, blend), ctrl in zip(work.batches, conditionings, starts, controls):
                 begin = time.perf_counter()
-                latents = pipe.denoise(cond, start, batch.options, blend=blend, indices=batch.indices, **settings)
+                latents = pipe.denoise(cond, start, batch.options, blend=blend, indices=batch.indices, controls=ctrl,
+                                       **settings)
                 finished.append((batch, latents, time.perf_counter() - begin))
         call.pinned.update(life.stages["decode"].models)  # 4. decode once the MMDiT is freed; its decoder loads once
         for batch, latents, seconds in finished:
@@ -189,6 +195,23 @@ def _encode(pipe, work: Work) -> list[Conditioning]:
         texts = list(dict.fromkeys(r.text for r in work.requests))  # (prompt index, prompt, negative), in order
         encoded = pipe.encode([t[1] for t in texts], [t[2] for t in texts])
         return [encoded.rows([texts.index(r.text) for r in b.requests]) for b in work.batches]
+
+
+def _controls(pipe, work: Work, activation: int) -> list[list[tuple[control.ControlInput, torch.Tensor]]]:
+    """Each batch's ControlNets with their control latents, made for its CFG batch (sampling/control.py);
+    the VAE loads once for all of them."""
+    if not work.controls:
+        return [[] for _ in work.batches]
+    control.register(pipe, work.controls)
+    ref, out = pipe.reference, []
+    with pipe.lifecycle.hold("encode_image", activation) as models:
+        for batch in work.batches:
+            o = batch.options
+            guided = o.cfg != 1.0 or ref.uncond_at_cfg_one
+            n = len(batch.requests) * (2 if guided else 1)
+            out.append([(c, control.encode(models["vae"], c, o.height, o.width, ref.control_pixels, ref.posterior, n,
+                                           batch.requests[0].seed)) for c in work.controls])
+    return out
 
 
 def _starts(pipe, work: Work, activation: int) -> list[tuple[torch.Tensor, img2img.Blend | None]]:

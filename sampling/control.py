@@ -1,0 +1,181 @@
+"""ControlNet inputs for a generation: the request, the control image's preparation, the residuals per step.
+
+A `ControlInput` names a ControlNet file and its control image. Before any model loads, the file's
+kind is read off its header (`check_inputs`, on the `meta` device) and the image is opened. Then the
+image becomes a control latent (`encode`): resized to the output size, mapped to pixel values as the
+chosen reference does (docs/reference.md §6, "ControlNet control images"), and through the VAE.
+While denoising, `residuals` runs every ControlNet whose window holds the step and sums their
+scaled outputs, as diffusers' `SD3MultiControlNetModel` does; the MMDiT adds them to its image
+tokens (sd3/mmdit/model.py).
+
+| reference | pixel values | the VAE's posterior |
+|---|---|---|
+| default, stability (Stability's sd3_infer.py `vae_encode`) | canny: x·255·0.5 + 0.5; blur, depth and 2B nets: 2x − 1 (x in [0, 1]) | its mean (Stability draws a sample; the mean makes the result depend on the seed alone) |
+| diffusers (`StableDiffusion3ControlNetPipeline`) | 2x − 1 for every type | a sample per CFG half, drawn from the global RNG seeded with the seed |
+
+diffusers' joint files (InstantX, alimama) exist only in diffusers' pipeline, so they are prepared
+its way (2x − 1) under every reference; their control latent skips the VAE's shift factor, as
+diffusers encodes it for them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from sd3.errors import ConfigurationError
+from sd3.checkpoint import open_checkpoint
+from sd3.mmdit.controlnet import CONTROL_TYPES, ControlNetConfig
+from sd3.sampling import img2img
+
+# Stability's recommended settings for its SD3.5-large ControlNets (sd3_infer.py, `CONFIGS`).
+STABILITY_SETTINGS = {"steps": 60, "cfg": 3.5, "shift": 3.0, "sampler_name": "euler"}
+
+
+@dataclass
+class ControlInput:
+    """One ControlNet and its control image for a generation.
+
+    Attributes:
+        model: the ControlNet's `.safetensors` path (Stability's or diffusers' layout).
+        image: the control map (a path, a PIL image, or a (3, H, W) tensor in [0, 1] at the output size).
+        scale: its residuals' weight (diffusers' `controlnet_conditioning_scale`).
+        start, end: the fractions of the steps it acts between (diffusers' `control_guidance_start/end`):
+            step i of N uses it when start ≤ i/N and (i + 1)/N ≤ end.
+    """
+
+    model: str | os.PathLike
+    image: str | os.PathLike | Image.Image | torch.Tensor
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    config: ControlNetConfig | None = field(default=None, repr=False)  # set by `check_inputs`
+    control_image_type: str | None = field(default=None, repr=False)  # "canny", ...: Stability's files
+
+    @property
+    def name(self) -> str:
+        """Its model's name in the pipeline's lifecycle."""
+        return f"controlnet:{Path(self.model).expanduser().resolve()}"
+
+    def active(self, step: int, steps: int) -> bool:
+        return self.start <= step / steps and (step + 1) / steps <= self.end
+
+
+def check_inputs(controls: Sequence[ControlInput] | None, architecture) -> list[ControlInput]:
+    """Check every input before any model loads: numbers, the image (read now), and the file (its
+    header, against the base MMDiT `architecture` built on `meta`: kind, width).
+
+    Raises:
+        ConfigurationError: a bad value, an unreadable image, a ControlNet for another model.
+        ModelLoadingError: a missing file, or not an SD3 ControlNet.
+    """
+    from sd3.mmdit.controlnet_loading import load_controlnet
+
+    if controls is None:
+        return []
+    if isinstance(controls, ControlInput):
+        controls = [controls]
+    checked = []
+    for control in controls:
+        if not isinstance(control, ControlInput):
+            raise ConfigurationError(f"`control` takes ControlInput(model, image, ...) entries, got {control!r}")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (control.scale, control.start, control.end)):
+            raise ConfigurationError("a ControlInput's `scale`, `start` and `end` must be finite numbers")
+        if not 0 <= control.start < control.end <= 1:
+            raise ConfigurationError(f"`start` must be below `end`, both in [0, 1], got {control.start} and {control.end}")
+        path = Path(control.model).expanduser()
+        if path.suffix.lower() != ".safetensors" or not path.is_file():
+            raise ConfigurationError(f"`controlnet` {path}: a .safetensors file is needed, and none is there")
+        net = load_controlnet(path, architecture.config, device="meta")  # reads the header, no weight
+        with open_checkpoint(path) as checkpoint:  # and Stability's one-number `control_type`
+            kind = CONTROL_TYPES.get(int(checkpoint.tensor("control_type").flatten()[0]), "unknown") \
+                if "control_type" in checkpoint else None
+        image = img2img.open_image(control.image, "control_image")
+        checked.append(ControlInput(path, image, float(control.scale), float(control.start), float(control.end),
+                                    net.config, kind))
+    return checked
+
+
+def pixels(control: ControlInput, height: int, width: int, reference: str) -> torch.Tensor:
+    """The control image resized to height x width (Lanczos) and mapped as `reference` (`Reference.control_pixels`:
+    "stability" or "diffusers"; the module's table) says -> (1, 3, height, width) float32."""
+    signed = img2img.preprocess_image(control.image, height, width)  # 2x - 1, x in [0, 1]
+    stability_canny = reference == "stability" and control.config.kind == "stability-8b" and \
+        control.control_image_type == "canny"
+    return ((signed + 1) / 2) * 255 * 0.5 + 0.5 if stability_canny else signed
+
+
+def encode(vae: nn.Module, control: ControlInput, height: int, width: int, reference: str, posterior: str,
+           rows: int, seed: int) -> torch.Tensor:
+    """The control latent for a CFG batch of `rows` rows: (rows, 16, height/8, width/8) float32.
+
+    `posterior` "mean": one latent for every row; "sample": each row its own draw, in the order the
+    global RNG seeded with `seed` gives them (diffusers encodes the image repeated for the batch)."""
+    cfg = vae.config
+    x = pixels(control, height, width, reference).to(vae.dtype)
+    with torch.no_grad():
+        mean, logvar = (t.float().cpu() for t in vae.encode_distribution(x.to(next(vae.parameters()).device)))
+    if posterior == "sample":
+        noise = torch.randn((rows, *mean.shape[1:]), generator=torch.Generator().manual_seed(seed))
+        z = mean + torch.exp(0.5 * logvar) * noise
+    else:
+        z = mean.expand(rows, -1, -1, -1)
+    shift = cfg.shift_factor if control.config.latent_shift else 0.0
+    return (z - shift) * cfg.scaling_factor
+
+
+def register(pipe, inputs: Sequence[ControlInput]) -> None:
+    """Make each input's ControlNet a model of `pipe`'s lifecycle: its loader, its size for the memory
+    checks (sampling/memory.py), and the "control" stage that holds them, so that `keep` frees or
+    keeps them with the rest and the denoising stage's check counts them."""
+    from sd3.mmdit.controlnet_loading import load_controlnet
+    from sd3.sampling.lifecycle import Stage
+    from sd3.sampling.memory import weight_bytes
+
+    for control in inputs:
+        if control.name not in pipe.lifecycle.loaders:
+            pipe.lifecycle.loaders[control.name] = functools.partial(
+                load_controlnet, control.model, pipe.mmdit_config, dtype=pipe.dtype, device=pipe.device)
+            with open_checkpoint(control.model) as checkpoint:
+                pipe.memory.weights[control.name] = weight_bytes(checkpoint, pipe.dtype)
+    stage = Stage(tuple(c.name for c in inputs), "ControlNet", 'use `dtype="bfloat16"` or fewer ControlNets', "denoise")
+    pipe.lifecycle.stages = {**pipe.lifecycle.stages, "control": stage}
+
+
+def rows(latent: torch.Tensor, n: int, part: slice, guided: bool) -> torch.Tensor:
+    """The rows of a control latent made for a CFG batch of n images (2n rows, halves in batch order,
+    or n unguided) that belong to the images `part`."""
+    if not guided:
+        return latent[part]
+    return torch.cat([latent[:n][part], latent[n:][part]])
+
+
+@dataclass
+class ActiveControl:
+    """A ControlNet ready for the sampler: the loaded net, its control latent for the CFG batch, its window."""
+
+    net: nn.Module
+    latent: torch.Tensor  # (rows of the model's batch, 16, h, w)
+    input: ControlInput
+
+
+def residuals(controls: Sequence[ActiveControl], x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+              context: torch.Tensor, base: nn.Module, step: int, steps: int) -> list[torch.Tensor] | None:
+    """The summed, scaled residuals of every control active at `step` for one MMDiT call on x (b, 16, h, w);
+    None when none is active."""
+    total = None
+    for control in controls:
+        if not control.input.active(step, steps):
+            continue
+        cond = control.latent[: x.shape[0]].to(x.device)
+        out = [control.input.scale * r for r in control.net(x, t, y, context, cond, base)]
+        total = out if total is None else [a + b for a, b in zip(total, out)]
+    return total

@@ -1,0 +1,119 @@
+"""ControlNet end to end: ours under `reference="diffusers"` against diffusers'
+`StableDiffusion3ControlNetPipeline` on the same tiny files, same seed; and the checks before any load.
+
+diffusers draws the control image's posterior sample from the global RNG (`latent_dist.sample()`
+with no generator) for the image repeated over its CFG batch; seeding the global RNG with the seed
+just before its call gives the draw our `posterior="sample"` makes from a generator seeded with the
+seed, so both sides get the same control latent. Tolerance: final latents max |Δ| ≤ 1e-4 in float32
+(the pipeline parity test's: summation order only).
+"""
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from sd3.errors import ConfigurationError
+from sd3.sampling import StableDiffusion3
+from sd3.sampling.control import ControlInput
+from sd3.testing.tiny.controlnet import (
+    diffusers_controlnet,
+    diffusers_controlnet_model,
+    stability_controlnet,
+    stability_to_diffusers,
+)
+from sd3.testing.tiny.pipeline import diffusers_pipeline
+
+HEIGHT, WIDTH, STEPS, SEED = 64, 48, 3, 5
+LATENTS = torch.randn(1, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(42))
+
+
+@pytest.fixture(scope="module")
+def control_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("control") / "edges.png"
+    pixels = torch.rand(HEIGHT + 16, WIDTH + 8, 3, generator=torch.Generator().manual_seed(1))
+    Image.fromarray((pixels * 255).byte().numpy()).save(path)  # another size: both sides resize it
+    return path
+
+
+@pytest.fixture(scope="module")
+def nets(tiny, tmp_path_factory):
+    """name -> (our file, diffusers' model) for a joint (InstantX-like) net and Stability's 8B layout."""
+    folder = tmp_path_factory.mktemp("nets")
+    joint = diffusers_controlnet(tiny.mmdit, 1, seed=3)
+    stability = stability_controlnet(tiny.mmdit, 1, control_type=2, seed=4)
+    save_file(joint, str(folder / "joint.safetensors"))
+    save_file(stability, str(folder / "depth.safetensors"))
+    return {
+        "joint": (folder / "joint.safetensors", diffusers_controlnet_model(tiny.mmdit, joint, joint=True, depth=1)),
+        "stability": (folder / "depth.safetensors",
+                      diffusers_controlnet_model(tiny.mmdit, stability_to_diffusers(stability), joint=False, depth=1)),
+    }
+
+
+@pytest.mark.parametrize("net, start, end", [("joint", 0.0, 1.0), ("joint", 0.34, 1.0), ("stability", 0.0, 0.67)])
+def test_matches_diffusers_controlnet_pipeline(tiny, files, nets, control_image, net, start, end):
+    from diffusers import StableDiffusion3ControlNetPipeline
+
+    path, model = nets[net]
+    base = diffusers_pipeline(tiny)
+    theirs = StableDiffusion3ControlNetPipeline(**{k: v for k, v in base.components.items()
+                                                   if k not in ("image_encoder", "feature_extractor")}, controlnet=model)
+    ours = StableDiffusion3(files, reference="diffusers")
+    result = ours.generate("a cat", "blurry", height=HEIGHT, width=WIDTH, steps=STEPS, cfg=4.0, seed=SEED,
+                           latents=LATENTS, quiet=True,
+                           control=[ControlInput(path, control_image, scale=0.8, start=start, end=end)])
+    torch.manual_seed(SEED)  # diffusers' control-image draw comes from the global RNG
+    want = theirs(prompt="a cat", negative_prompt="blurry", height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
+                  guidance_scale=4.0, latents=LATENTS, control_image=Image.open(control_image),
+                  controlnet_conditioning_scale=0.8, control_guidance_start=start, control_guidance_end=end,
+                  max_sequence_length=256, output_type="latent").images
+    plain = ours.generate("a cat", "blurry", height=HEIGHT, width=WIDTH, steps=STEPS, cfg=4.0, seed=SEED,
+                          latents=LATENTS, quiet=True)
+    assert (result.latents - plain.latents).abs().max() > 1e-2  # the ControlNet does change the result
+    assert (result.latents - want).abs().max() <= 1e-4
+
+
+def test_bad_inputs_are_refused_before_any_load(files, nets, control_image, tmp_path):
+    loaded = []
+    pipe = StableDiffusion3(files, on_load=lambda name, module: loaded.append(name))
+    path = nets["joint"][0]
+    cases = [
+        (ControlInput(path, control_image, start=0.5, end=0.5), "`start` must be below `end`"),
+        (ControlInput(path, tmp_path / "missing.png"), "`control_image` .*missing.png: file not found"),
+        (ControlInput(tmp_path / "none.safetensors", control_image), "a .safetensors file is needed"),
+        (ControlInput(path, control_image, scale=float("nan")), "must be finite numbers"),
+    ]
+    for control, message in cases:
+        with pytest.raises(ConfigurationError, match=message):
+            pipe.generate("a cat", height=HEIGHT, width=WIDTH, steps=2, cfg=4.0, control=[control], quiet=True)
+    assert loaded == []
+
+
+def test_stability_nets_bring_stabilitys_settings(files, nets, control_image):
+    pipe = StableDiffusion3(files)
+    stability = [ControlInput(nets["stability"][0], control_image)]
+    assert pipe.check("a cat", height=HEIGHT, width=WIDTH, control=stability).largest.steps == 60
+    work = pipe.check("a cat", height=HEIGHT, width=WIDTH, control=stability, steps=2, cfg=2.0)
+    assert (work.largest.steps, work.largest.cfg, work.largest.shift) == (2, 2.0, 3.0)  # what the user set wins
+    joint = [ControlInput(nets["joint"][0], control_image)]
+    with pytest.raises(ConfigurationError, match="give `steps`"):  # no Stability defaults; this pipe has no variant
+        pipe.check("a cat", height=HEIGHT, width=WIDTH, control=joint)
+
+
+def test_a_lora_never_touches_a_controlnet(files, nets, control_image, tmp_path):
+    """A LoRA applies to the models it names; a ControlNet loaded beside them is left alone."""
+    from sd3.mmdit.controlnet_loading import load_controlnet
+
+    seen = {}
+    pipe = StableDiffusion3(files, on_load=lambda name, module: seen.setdefault(name, module))
+    d = pipe.mmdit_config.hidden_size
+    factors = {"lora_unet_joint_blocks_0_x_block_attn_proj.lora_down.weight": torch.randn(2, d) * 0.1,
+               "lora_unet_joint_blocks_0_x_block_attn_proj.lora_up.weight": torch.randn(d, 2) * 0.1}
+    save_file(factors, str(tmp_path / "style.safetensors"))
+    pipe.add_lora(tmp_path / "style.safetensors")
+    pipe.generate("a cat", height=HEIGHT, width=WIDTH, steps=2, cfg=4.0, quiet=True,
+                  control=[ControlInput(nets["joint"][0], control_image)])
+    name = next(n for n in seen if n.startswith("controlnet:"))
+    fresh = load_controlnet(nets["joint"][0], pipe.mmdit_config)
+    assert all(torch.equal(a, b) for a, b in zip(seen[name].state_dict().values(), fresh.state_dict().values()))
