@@ -150,6 +150,7 @@ def controls(pipe, control, settings: dict) -> list[control_lib.ControlInput]:
     With one of Stability's nets, the unset `steps`, `cfg` and `shift` in `settings` become Stability's
     recommended ControlNet settings (sd3_infer.py: 60 steps, cfg 3.5, shift 3, euler)."""
     checked = control_lib.check_inputs(control, pipe.components.architectures()["mmdit"])
+    control_lib.register(pipe, checked)  # loaders and sizes only: nothing loads
     if any(c.config.kind != "joint" for c in checked):
         for key in ("steps", "cfg", "shift"):
             if settings.get(key) is None and settings.get("sigmas") is None:

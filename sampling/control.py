@@ -69,6 +69,16 @@ class ControlInput:
         return self.start <= step / steps and (step + 1) / steps <= self.end
 
 
+def stability_layout(path: str | os.PathLike) -> bool:
+    """Whether a ControlNet file is one of Stability's kinds (no text stream, so no `context_embedder`),
+    read off its header. Raises ModelLoadingError for a file that is not an SD3 ControlNet."""
+    from sd3.mmdit.controlnet_loading import check_is_controlnet
+
+    with open_checkpoint(path) as checkpoint:
+        check_is_controlnet(checkpoint)
+        return "context_embedder.weight" not in checkpoint
+
+
 def check_inputs(controls: Sequence[ControlInput] | None, architecture) -> list[ControlInput]:
     """Check every input before any model loads: numbers, the image (read now), and the file (its
     header, against the base MMDiT `architecture` built on `meta`: kind, width).
@@ -88,7 +98,7 @@ def check_inputs(controls: Sequence[ControlInput] | None, architecture) -> list[
         if not isinstance(control, ControlInput):
             raise ConfigurationError(f"`control` takes ControlInput(model, image, ...) entries, got {control!r}")
         if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (control.scale, control.start, control.end)):
-            raise ConfigurationError("a ControlInput's `scale`, `start` and `end` must be finite numbers")
+            raise ConfigurationError("a ControlInput's scale, `start` and `end` must be finite numbers")
         if not 0 <= control.start < control.end <= 1:
             raise ConfigurationError(f"`start` must be below `end`, both in [0, 1], got {control.start} and {control.end}")
         path = Path(control.model).expanduser()
@@ -135,11 +145,14 @@ def encode(vae: nn.Module, control: ControlInput, height: int, width: int, refer
 def register(pipe, inputs: Sequence[ControlInput]) -> None:
     """Make each input's ControlNet a model of `pipe`'s lifecycle: its loader, its size for the memory
     checks (sampling/memory.py), and the "control" stage that holds them, so that `keep` frees or
-    keeps them with the rest and the denoising stage's check counts them."""
+    keeps them with the rest and the memory checks count them. Loads nothing."""
     from sd3.mmdit.controlnet_loading import load_controlnet
     from sd3.sampling.lifecycle import Stage
     from sd3.sampling.memory import weight_bytes
 
+    names = {c.name for c in inputs}
+    for name in [n for n in pipe.memory.weights if n.startswith("controlnet:") and n not in names]:
+        del pipe.memory.weights[name]  # another call's: no longer part of the memory plan
     for control in inputs:
         if control.name not in pipe.lifecycle.loaders:
             pipe.lifecycle.loaders[control.name] = functools.partial(

@@ -202,7 +202,6 @@ def _controls(pipe, work: Work, activation: int) -> list[list[tuple[control.Cont
     the VAE loads once for all of them."""
     if not work.controls:
         return [[] for _ in work.batches]
-    control.register(pipe, work.controls)
     ref, out = pipe.reference, []
     with pipe.lifecycle.hold("encode_image", activation) as models:
         for batch in work.batches:

@@ -74,6 +74,7 @@ def generate_many(
     strength: float | None = None,
     mask: img2img.ImageLike | None = None,
     on_step: StepCallback | None = None,
+    control=None,
     **settings,
 ) -> Iterator[ImageResult]:
     """Yield one `ImageResult` per image as soon as it is decoded (in index order within a chunk).
@@ -88,6 +89,7 @@ def generate_many(
         chunk_size: images per chunk, whose models load once when staged; None chooses (one batch
             when the models stay resident, growing chunks when staged).
         init_image, strength, mask: image to image and inpainting for every prompt, as for `generate()`.
+        control: ControlNets with their control images for every prompt, as for `generate()`.
         on_step: called after every denoising step of every batch, as for `generate()`; a `Step`'s
             `indices` say which images (a `Preview` keeps one set of frames per image).
         settings: `height`, `width`, `steps`, `cfg`, `shift`, `slg`, `sampler_name`, `tile_size`
@@ -101,8 +103,10 @@ def generate_many(
         items, negative_prompt, seed=seed, num_images=num_images)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigurationError(f"`chunk_size` must be at least 1, got {chunk_size}")
-    work = checks.work(pipe, requests, {**settings, "batch_size": batch_size},
-                       edit=checks.edit(init_image, strength, mask), encode_per_batch=True)
+    settings = {**settings, "batch_size": batch_size}
+    controls = checks.controls(pipe, control, settings)  # may set Stability's ControlNet defaults
+    work = checks.work(pipe, requests, settings, edit=checks.edit(init_image, strength, mask), encode_per_batch=True,
+                       control=controls)
     checks.check_callback(on_step, pipe.files.taesd)
     stats = stats if stats is not None else StreamStats()
     batches = list(work.batches)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import re
 import secrets
 import sys
@@ -25,7 +24,8 @@ from pathlib import Path
 import torch
 
 from sd3.checkpoint import open_checkpoint
-from sd3.cli import many_images
+from sd3.cli import control_flags, many_images
+from sd3.cli.control_flags import parse_path_scale
 from sd3.errors import ConfigurationError, DeviceError, SD3Error
 from sd3.jobs.distributed import Rank
 from sd3.jobs.images import check_image_path, image_parameters, save_image
@@ -45,6 +45,8 @@ FLAGS = {
     "batch_size=1": "--batch-size 1", "sampler_name": "--sampler", "latents": "--latents",
     "reference": "--reference", "which": "--which", "slg=True": "--use-slg", "slg": "--use-slg", "prompts": "--prompt",
     "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size", "t5_length": "--t5-max-length", "scale": "--lora PATH:SCALE",
+    "control_image": "--control-image", "controlnet": "--controlnet", "start": "--control-start", "end": "--control-end",
+    "canny": "--canny", "blur": "--blur", "control": "--controlnet",
     "prompts_file": "--prompts-file", "chunk_size": "--chunk-size", "output_dir": "--output-dir",
     "final_image": "--final-image", "overwrite=True": "--overwrite", "init_image": "--init-image",
     "strength": "--strength", "mask": "--mask", "preview": "--preview", "preview_interval": "--preview-interval",
@@ -109,6 +111,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="apply a LoRA (diffusers/PEFT, SimpleTuner, kohya, OneTrainer, LyCORIS or original names), scale 1 "
                    "unless given; repeatable")
+    control_flags.add_arguments(p)
     p.add_argument("--lora-ignore-unmatched", action="store_true",
                    help="apply the LoRA keys that match and warn about the rest (default: refuse the file)")
     p.add_argument("--latents", help="initial noise: a .safetensors file with key 'latents'")
@@ -165,16 +168,18 @@ def run(args) -> None:
         slg=args.use_slg, tile_size=args.tile_size,
     )
     # Every setting, prompt line and output path is checked before any file is downloaded or read.
+    controls = control_flags.inputs(args)  # ControlNet headers and control images, read now
+    control_flags.apply_defaults(controls, settings)
     options = GenerationOptions.resolve(VARIANTS[args.which], reference, sampler=args.sampler, sigmas=None, **settings)
     many = args.prompts_file is not None or args.output_dir is not None
     edit = img2img.check_inputs(args.init_image, args.strength, args.mask)
-    loras = [(load_lora(path), scale) for path, scale in map(parse_lora, args.lora)]  # read and checked now
+    loras = [(load_lora(path), scale) for path, scale in map(parse_path_scale, args.lora)]  # read and checked now
     preview = previews(args)
     checks.check_callback(preview, args.taesd)
     if many and args.init_image:
         raise ConfigurationError("--init-image and --mask work with one --prompt, not with --prompts-file or --output-dir")
     if many:
-        job = many_images.prepare(args, reference, settings, loras)
+        job = many_images.prepare(args, reference, settings, loras, controls)
     else:
         check_image_path(Path(args.final_image))
     latents = read_latents(args.latents) if args.latents else None
@@ -203,9 +208,9 @@ def run(args) -> None:
         tracing = torch.profiler.profile(record_shapes=True) if args.tracing else contextlib.nullcontext()
         with tracing as profiler, attention or contextlib.nullcontext():
             if many:
-                many_images.run(args, sd3, job, settings, rank, preview)
+                many_images.run(args, sd3, job, settings, rank, preview, controls)
             else:
-                one_call(args, sd3, settings, latents, edit, preview)
+                one_call(args, sd3, settings, latents, edit, preview, controls)
         if args.tracing:
             profiler.export_chrome_trace("sd3-trace.json")
     finally:
@@ -225,35 +230,19 @@ def previews(args) -> Preview | None:
     return Preview(args.preview, every=1 if args.preview_interval is None else args.preview_interval, path=path)
 
 
-def parse_lora(value: str) -> tuple[Path, float]:
-    """`PATH[:SCALE]` -> (path, scale); a file whose own name holds a colon is taken whole."""
-    path, _, scale = value.rpartition(":")
-    if not path or Path(value).is_file():
-        path, scale = value, "1"
-    try:
-        number = float(scale)
-    except ValueError:
-        raise ConfigurationError(f"--lora takes PATH[:SCALE] with a number for SCALE, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ConfigurationError(f"--lora's SCALE must be a finite number, got {scale!r}")
-    if not Path(path).expanduser().is_file():
-        raise ConfigurationError(f"--lora file not found: {path}")
-    return Path(path).expanduser(), number
-
-
 def parse_batch_size(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise ConfigurationError(f"`batch_size` must be a positive integer or 'auto', got '{value}'")
     return int(value)
 
 
-def one_call(args, sd3, settings, latents, edit, preview) -> None:
+def one_call(args, sd3, settings, latents, edit, preview, controls=()) -> None:
     """One prompt: every image in one `generate()` call, saved when it returns (as Candle's main.rs)."""
     image, mask = edit
     result = sd3.generate(args.prompt, args.uncond_prompt, sampler_name=args.sampler, latents=latents,
                           quiet=args.quiet, init_image=image, strength=args.strength, mask=mask, on_step=preview,
-                          **settings)
-    recorded = {**result.options.describe(), **many_images.run_settings(args, sd3)}
+                          control=controls, **settings)
+    recorded = {**result.options.describe(), **many_images.run_settings(args, sd3, controls)}
     if image is not None:
         recorded.update(init_image=Path(args.init_image).name, mask=Path(args.mask).name if args.mask else None,
                         strength=DEFAULT_STRENGTH if args.strength is None else args.strength)

@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from sd3.cli import control_flags
 from sd3.errors import ConfigurationError
 from sd3.jobs.images import check_image_path, image_parameters, save_image
 from sd3.jobs.manifest import check_output_dir
@@ -26,10 +27,12 @@ def requests(args, seed: int) -> list[ImageRequest]:
     return image_requests(lines, args.uncond_prompt, seed=seed, num_images=args.num_images)
 
 
-def run_settings(args, pipe) -> dict:
-    """What every image of this command records besides its own settings (`decoder` only when not the VAE,
-    so that manifests written before it existed still match)."""
+def run_settings(args, pipe, controls=()) -> dict:
+    """What every image of this command records besides its own settings (`decoder` and `controlnets` only
+    when used, so that manifests written before they existed still match)."""
     recorded = {"which": args.which, "reference": pipe.reference.name, "loras": lora_records(pipe.loras)}
+    if controls:
+        recorded["controlnets"] = control_flags.records(args, controls)
     return {**recorded, "decoder": args.vae_decoder} if args.vae_decoder != "vae" else recorded
 
 
@@ -38,7 +41,7 @@ def lora_records(loras) -> list[dict]:
     return [{"file": entry[0].path.name, "sha256": entry[0].sha256, "scale": entry[1]} for entry in loras]
 
 
-def prepare(args, reference, settings: dict, loras=()) -> Job | list[ImageRequest]:
+def prepare(args, reference, settings: dict, loras=(), controls=()) -> Job | list[ImageRequest]:
     """Check the prompt list, every line's settings and the output path; no model is touched."""
     if args.latents or args.save_latents:
         raise ConfigurationError("--latents and --save-latents work with one --prompt, not with --prompts-file or --output-dir")
@@ -58,7 +61,9 @@ def prepare(args, reference, settings: dict, loras=()) -> Job | list[ImageReques
                 "t5_length": None if args.no_t5 else reference.t5_length, "loras": lora_records(loras)}
     if args.vae_decoder != "vae":
         recorded["decoder"] = args.vae_decoder
-    return Job(Path(args.output_dir), prompts, settings=recorded, generation=_generation(args, settings),
+    if controls:
+        recorded["controlnets"] = control_flags.records(args, controls)
+    return Job(Path(args.output_dir), prompts, settings=recorded, generation=_generation(args, settings), control=list(controls),
                batch_size=settings["batch_size"], chunk_size=args.chunk_size, overwrite=args.overwrite)
 
 
@@ -67,7 +72,7 @@ def _generation(args, settings: dict) -> dict:
     return {**{k: settings[k] for k in keys}, "sampler_name": args.sampler}
 
 
-def run(args, pipe, job, settings: dict, rank, preview=None) -> None:
+def run(args, pipe, job, settings: dict, rank, preview=None, controls=()) -> None:
     if isinstance(job, Job):
         job = replace(job, batch_size=settings["batch_size"], rank=rank, on_step=preview)
         summary = job.run(pipe, quiet=args.quiet)
@@ -80,10 +85,10 @@ def run(args, pipe, job, settings: dict, rank, preview=None) -> None:
     out, stats = Path(args.final_image), StreamStats()
     prompts = job
     stream = pipe.generate_many(prompts, batch_size=settings["batch_size"], chunk_size=args.chunk_size, stats=stats,
-                                quiet=args.quiet, on_step=preview, **_generation(args, settings))
+                                quiet=args.quiet, on_step=preview, control=list(controls), **_generation(args, settings))
     for result in stream:
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}-{result.index}{out.suffix}")
-        save_image(result.image, path, image_parameters(result, {**result.settings, **run_settings(args, pipe)}))
+        save_image(result.image, path, image_parameters(result, {**result.settings, **run_settings(args, pipe, controls)}))
     if not args.quiet:
         print(f"{stats.images} image(s) in {stats.chunks} chunk(s), loading {stats.load_share:.0%} of the work; "
               f"saved {out.with_name(out.stem + '-*' + out.suffix)}", file=sys.stderr)

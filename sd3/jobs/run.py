@@ -59,6 +59,7 @@ class Job:
     rank: Rank = field(default_factory=Rank)
     extension: str = ".png"
     on_step: Callable | None = None  # after every denoising step, as for `generate_many` (a `Preview`, say)
+    control: list = field(default_factory=list)  # ControlInputs for every image, as for `generate_many`
 
     def expected(self, pipe, request: ImageRequest, described: dict) -> dict:
         """The record fields this run would write for `request` (compared against an earlier run's).
@@ -103,7 +104,8 @@ class Job:
         writer = ManifestWriter(self.folder, self.rank.rank, self.rank.world)
         if remaining:
             stream = pipe.generate_many(remaining, batch_size=self.batch_size, chunk_size=self.chunk_size,
-                                        stats=summary.stats, quiet=quiet, on_step=self.on_step, **self.generation)
+                                        stats=summary.stats, quiet=quiet, on_step=self.on_step, control=self.control,
+                                        **self.generation)
             for result in stream:
                 if result.index in done:
                     continue

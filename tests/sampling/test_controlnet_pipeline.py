@@ -117,3 +117,12 @@ def test_a_lora_never_touches_a_controlnet(files, nets, control_image, tmp_path)
     name = next(n for n in seen if n.startswith("controlnet:"))
     fresh = load_controlnet(nets["joint"][0], pipe.mmdit_config)
     assert all(torch.equal(a, b) for a, b in zip(seen[name].state_dict().values(), fresh.state_dict().values()))
+
+
+def test_generate_many_renders_what_generate_renders(files, nets, control_image):
+    pipe = StableDiffusion3(files, keep="stage")
+    control = [ControlInput(nets["joint"][0], control_image, scale=0.8)]
+    settings = dict(height=HEIGHT, width=WIDTH, steps=2, cfg=4.0, seed=3, quiet=True, control=control)
+    one = pipe.generate(["a cat", "a dog"], **settings)
+    many = list(pipe.generate_many(["a cat", "a dog"], **settings))
+    assert [m.image.tobytes() for m in many] == [image.tobytes() for image in one.images]

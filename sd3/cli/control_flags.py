@@ -1,0 +1,91 @@
+"""The command's ControlNet flags: `--controlnet PATH[:SCALE]` (repeatable) with one `--control-image`
+each, `--control-start` / `--control-end` for all of them, and the control-map preprocessing
+`--canny LOW,HIGH` / `--blur RADIUS` (sampling/control_maps.py), applied to every control image.
+Everything is checked, and every image read, before any model is downloaded or loaded."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from sd3.errors import ConfigurationError
+from sd3.sampling import img2img
+from sd3.sampling.control import STABILITY_SETTINGS, ControlInput, stability_layout
+from sd3.sampling.control_maps import blur, canny
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--controlnet", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="a ControlNet .safetensors (Stability's SD3.5 blur/canny/depth, or diffusers-format SD3); "
+                        "repeat for several, summed")
+    p.add_argument("--control-image", action="append", default=[], metavar="PATH",
+                   help="the control map for each --controlnet, in order")
+    p.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where the ControlNets start")
+    p.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where they stop")
+    p.add_argument("--canny", metavar="LOW,HIGH", help="preprocess each --control-image into Canny edges (OpenCV)")
+    p.add_argument("--blur", type=float, metavar="RADIUS", help="preprocess each --control-image with a Gaussian blur")
+
+
+def inputs(args) -> list[ControlInput]:
+    """The ControlInputs the flags ask for, their images read and preprocessed."""
+    extra = [flag for flag, given in (("--control-image", args.control_image), ("--canny", args.canny),
+                                      ("--blur", args.blur is not None)) if given]
+    if not args.controlnet:
+        if extra:
+            raise ConfigurationError(f"{extra[0]} needs --controlnet")
+        return []
+    if len(args.control_image) != len(args.controlnet):
+        raise ConfigurationError(f"give one --control-image per --controlnet: got {len(args.control_image)} "
+                                 f"for {len(args.controlnet)}")
+    if not 0 <= args.control_start < args.control_end <= 1:
+        raise ConfigurationError(f"--control-start must be below --control-end, both in [0, 1], got "
+                                 f"{args.control_start} and {args.control_end}")
+    if args.canny and args.blur is not None:
+        raise ConfigurationError("--canny and --blur are two preprocessings: give one")
+    out = []
+    for net, image_path in zip(args.controlnet, args.control_image):
+        path, scale = parse_path_scale(net, "--controlnet")
+        stability_layout(path)  # an SD3 ControlNet at all: refused by name otherwise
+        image = img2img.open_image(image_path, "control_image")
+        if args.canny:
+            low, _, high = args.canny.partition(",")
+            try:
+                image = canny(image, float(low), float(high))
+            except ValueError:
+                raise ConfigurationError(f"--canny takes LOW,HIGH thresholds, got {args.canny!r}") from None
+        elif args.blur is not None:
+            image = blur(image, args.blur)
+        out.append(ControlInput(path, image, scale, args.control_start, args.control_end))
+    return out
+
+
+def parse_path_scale(value: str, flag: str = "--lora") -> tuple[Path, float]:
+    """`PATH[:SCALE]` (`--lora`, `--controlnet`) -> (path, scale); a file whose own name holds a colon is taken whole."""
+    path, _, scale = value.rpartition(":")
+    if not path or Path(value).is_file():
+        path, scale = value, "1"
+    try:
+        number = float(scale)
+    except ValueError:
+        raise ConfigurationError(f"{flag} takes PATH[:SCALE] with a number for SCALE, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigurationError(f"{flag}'s SCALE must be a finite number, got {scale!r}")
+    if not Path(path).expanduser().is_file():
+        raise ConfigurationError(f"{flag} file not found: {path}")
+    return Path(path).expanduser(), number
+
+
+def apply_defaults(controls: list[ControlInput], settings: dict) -> None:
+    """With one of Stability's nets, the steps, cfg and shift not given become Stability's ControlNet settings."""
+    if any(stability_layout(c.model) for c in controls):
+        for key in ("steps", "cfg", "shift"):
+            if settings.get(key) is None:
+                settings[key] = STABILITY_SETTINGS[key]
+
+
+def records(args, controls: list[ControlInput]) -> list[dict]:
+    """What each image records of its ControlNets: files, control images, scale, window, preprocessing."""
+    preprocessing = f"canny {args.canny}" if args.canny else f"blur {args.blur}" if args.blur is not None else None
+    return [{"file": Path(c.model).name, "image": Path(image).name, "scale": c.scale, "start": c.start, "end": c.end,
+             "preprocessing": preprocessing} for c, image in zip(controls, args.control_image)]
