@@ -5,13 +5,15 @@ Mirrors Candle's stable-diffusion-3/sampling.rs and main.rs. Files: `schedules.p
 `variants.py`, `hub.py` (where the files come from), `options.py` (one call's checked settings),
 `requests.py` (one request per image, the seed rule), `conditioning.py` (the text encoders' output),
 `checks.py` (a request checked before anything loads), `components.py` (loaders and tokenizers),
-`previews.py` (pictures of each step's x0),
+`previews.py` (pictures of each step's x0), `control.py` (ControlNet inputs) and `control_maps.py`
+(edge and blur maps from a photo),
 `memory.py` (the memory check), `residency.py` (which models stay loaded), `lifecycle.py` (load,
 time, keep or free, around each stage), `pipeline.py` (the public stages), `run.py` (the one place
 they run in order) and `stream.py` (many prompts, streamed).
 """
 
 from sd3.sampling.conditioning import Conditioning
+from sd3.sampling.control import ControlInput
 from sd3.sampling.guidance import GuidedVelocity, SkipLayerGuidanceConfig
 from sd3.sampling.hub import FILE_NAMES, ModelFiles, model_files
 from sd3.sampling.noise import initial_noise
@@ -29,6 +31,7 @@ from sd3.sampling.variants import TOKENIZERS, VARIANTS, Variant, variant
 
 __all__ = [
     "Conditioning",
+    "ControlInput",
     "GuidedVelocity",
     "SkipLayerGuidanceConfig",
     "FILE_NAMES",

@@ -38,7 +38,7 @@ from sd3.sampling.hub import ModelFiles, model_files
 from sd3.sampling.img2img import ImageLike
 from sd3.sampling.lifecycle import STAGES, ModelLifecycle
 from sd3.sampling.options import GenerationOptions, check_tile_size
-from sd3.sampling.previews import Preview
+from sd3.sampling.previews import lend
 from sd3.sampling.reference import Reference
 from sd3.sampling.requests import prompt_lists
 from sd3.sampling.residency import ResidentModels, check_keep
@@ -269,7 +269,7 @@ class StableDiffusion3:
 
         outputs = []
         preview_bytes = self.memory.decode_bytes(options.batch_size, options.height, options.width, None)
-        with self.lifecycle.stage("denoise", activation) as models, self._lend(on_step, preview_bytes), torch.no_grad(), bar, \
+        with self.lifecycle.stage("denoise", activation) as models, lend(self.lifecycle, on_step, preview_bytes), torch.no_grad(), bar, \
                 self.lifecycle.hold("control") if controls else contextlib.nullcontext() as nets, \
                 attention_backend or contextlib.nullcontext():
             for first in batches:
@@ -323,18 +323,6 @@ class StableDiffusion3:
                     images += vae_lib.to_pil(vae_lib.decode_latents(models["vae"], part, tile_size=tile_size,
                                                                     shift=vae_shift))
         return images
-
-    @contextlib.contextmanager
-    def _lend(self, on_step, activation: int):
-        """Lend a model-decoding `Preview` its model, through the lifecycle (`activation`: its bytes)."""
-        model = on_step.model if isinstance(on_step, Preview) else None
-        if model is None:
-            yield
-            return
-        with self.lifecycle.hold(f"preview_{model}", activation) as models:
-            decoder = models[model]
-            with on_step.lent(decoder.decode if model == "taesd" else lambda x0: vae_lib.decode_latents(decoder, x0)):
-                yield
 
     # -- the whole call --------------------------------------------------------------------------
     def generate(
@@ -398,13 +386,7 @@ class StableDiffusion3:
         checks.check_callback(on_step, self.files.taesd)
         # encode, start latents, denoise, decode (sampling/run.py)
         rendered = list(run.render(self, work, on_step=on_step, attention_backend=attention_backend, quiet=quiet))
-        requests = work.requests
-        return GenerationResult(
-            images=[image for r in rendered for image in r.images], latents=torch.cat([r.latents for r in rendered]),
-            seeds=[r.seed for r in requests], prompts=[r.prompt for r in requests],
-            negative_prompts=[r.negative_prompt for r in requests], steps=work.largest.steps,
-            timings=self.lifecycle.timings.as_dict(), requests=requests, options=work.largest,
-        )
+        return run.result(work, rendered, self.lifecycle.timings)
 
     def generate_many(self, prompts, **settings):
         """Stream images for many prompts, each handed back as soon as it is decoded: see

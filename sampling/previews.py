@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sd3.errors import ConfigurationError
 from sd3.sampling.samplers import Step
-from sd3.vae import to_pil
+from sd3.vae import decode_latents, to_pil
 
 KINDS = ("proj", "taesd", "vae")
 
@@ -155,3 +155,17 @@ def _save(image: Image.Image, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     image.save(temporary, format=Image.registered_extensions()[path.suffix.lower()])
     os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def lend(lifecycle, on_step, activation: int) -> Iterator[None]:
+    """Lend a model-decoding `Preview` its model (TAESD3 or the VAE) through the pipeline's `lifecycle`
+    (sampling/lifecycle.py), which checks `activation` bytes, loads, and keeps or frees it; else nothing."""
+    model = on_step.model if isinstance(on_step, Preview) else None
+    if model is None:
+        yield
+        return
+    with lifecycle.hold(f"preview_{model}", activation) as models:
+        decoder = models[model]
+        with on_step.lent(decoder.decode if model == "taesd" else lambda x0: decode_latents(decoder, x0)):
+            yield

@@ -120,6 +120,17 @@ class GenerationResult:
     options: GenerationOptions | None = None  # the checked settings (image to image: the schedule it ran)
 
 
+def result(work: Work, rendered: list[Rendered], timings) -> GenerationResult:
+    """`generate()`'s result from its rendered batches and the call's `Timings`."""
+    requests = work.requests
+    return GenerationResult(
+        images=[image for r in rendered for image in r.images], latents=torch.cat([r.latents for r in rendered]),
+        seeds=[r.seed for r in requests], prompts=[r.prompt for r in requests],
+        negative_prompts=[r.negative_prompt for r in requests], steps=work.largest.steps,
+        timings=timings.as_dict(), requests=requests, options=work.largest,
+    )
+
+
 def batches(requests: list[ImageRequest], options_of: Callable[[ImageRequest], GenerationOptions],
             batch_size: int) -> list[Batch]:
     """Requests grouped into batches by global index (index // batch_size), split where settings change."""

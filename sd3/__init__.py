@@ -31,6 +31,7 @@ from sd3.mmdit import load_mmdit
 from sd3.sampling import (
     VARIANTS,
     Conditioning,
+    ControlInput,
     GenerationOptions,
     GenerationResult,
     ImageRequest,
@@ -50,6 +51,7 @@ from sd3.vae import load_vae
 __all__ = [
     "StableDiffusion3",
     "Conditioning",
+    "ControlInput",
     "GenerationOptions",
     "GenerationResult",
     "ImageResult",
