@@ -72,10 +72,16 @@ class ControlNetConfig:
         return self.kind == "joint"
 
     @property
+    def inpainting(self) -> bool:
+        """A net whose control latent carries a mask channel (alimama's): the masked image and the kept area."""
+        return self.cond_channels == 17
+
+    @property
     def latent_shift(self) -> bool:
         """Whether the control latent is shifted by the VAE's shift factor before scaling: not for the
-        joint files, which diffusers encodes without it ("instantx sd3 controlnet does not apply shift factor")."""
-        return self.kind != "joint"
+        plain joint files, which diffusers encodes without it ("instantx sd3 controlnet does not apply
+        shift factor"); its inpainting pipeline does shift."""
+        return self.kind != "joint" or self.inpainting
 
     @classmethod
     def from_state_dict(cls, shapes: Mapping[str, object], base: Config) -> ControlNetConfig:

@@ -50,6 +50,8 @@ class ControlInput:
         scale: its residuals' weight (diffusers' `controlnet_conditioning_scale`).
         start, end: the fractions of the steps it acts between (diffusers' `control_guidance_start/end`):
             step i of N uses it when start ≤ i/N and (i + 1)/N ≤ end.
+        mask: for an inpainting ControlNet (17 input channels, alimama's) only: white marks what to
+            repaint; the image is the picture to complete (diffusers' `StableDiffusion3ControlNetInpaintingPipeline`).
     """
 
     model: str | os.PathLike
@@ -57,6 +59,7 @@ class ControlInput:
     scale: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    mask: str | os.PathLike | Image.Image | torch.Tensor | None = None
     config: ControlNetConfig | None = field(default=None, repr=False)  # set by `check_inputs`
     control_image_type: str | None = field(default=None, repr=False)  # "canny", ...: Stability's files
 
@@ -109,7 +112,12 @@ def check_inputs(controls: Sequence[ControlInput] | None, architecture) -> list[
             kind = CONTROL_TYPES.get(int(checkpoint.tensor("control_type").flatten()[0]), "unknown") \
                 if "control_type" in checkpoint else None
         image = img2img.open_image(control.image, "control_image")
-        checked.append(ControlInput(path, image, float(control.scale), float(control.start), float(control.end),
+        if net.config.inpainting != (control.mask is not None):
+            raise ConfigurationError(
+                f"`controlnet` {path.name} is an inpainting ControlNet: give its `control_mask`" if net.config.inpainting
+                else f"`controlnet` {path.name} takes no `control_mask`: only an inpainting ControlNet (17 input channels) does")
+        mask = None if control.mask is None else img2img.open_image(control.mask, "control_mask")
+        checked.append(ControlInput(path, image, float(control.scale), float(control.start), float(control.end), mask,
                                     net.config, kind))
     return checked
 
@@ -124,22 +132,31 @@ def pixels(control: ControlInput, height: int, width: int, reference: str) -> to
 
 
 def encode(vae: nn.Module, control: ControlInput, height: int, width: int, reference: str, posterior: str,
-           rows: int, seed: int) -> torch.Tensor:
-    """The control latent for a CFG batch of `rows` rows: (rows, 16, height/8, width/8) float32.
+           rows: int, seed: int, guided: bool) -> torch.Tensor:
+    """The control latent for a CFG batch of `rows` rows (`guided`: two halves): (rows, C, height/8, width/8)
+    float32, C the net's 16 channels, or 17 with an inpainting net's mask (1 where the image is kept).
 
     `posterior` "mean": one latent for every row; "sample": each row its own draw, in the order the
-    global RNG seeded with `seed` gives them (diffusers encodes the image repeated for the batch)."""
+    global RNG seeded with `seed` gives them (diffusers encodes the image repeated for the batch;
+    its inpainting pipeline encodes before repeating for the CFG halves, so they share draws)."""
     cfg = vae.config
-    x = pixels(control, height, width, reference).to(vae.dtype)
+    x = pixels(control, height, width, reference)
+    if control.mask is not None:  # the masked image: what to repaint set to black (-1)
+        x = torch.where(img2img.binary_mask(control.mask, height, width) > 0.5, -1.0, x)
     with torch.no_grad():
-        mean, logvar = (t.float().cpu() for t in vae.encode_distribution(x.to(next(vae.parameters()).device)))
+        mean, logvar = (t.float().cpu() for t in vae.encode_distribution(x.to(next(vae.parameters()).device, vae.dtype)))
     if posterior == "sample":
-        noise = torch.randn((rows, *mean.shape[1:]), generator=torch.Generator().manual_seed(seed))
-        z = mean + torch.exp(0.5 * logvar) * noise
+        draws = rows // 2 if guided and control.mask is not None else rows
+        noise = torch.randn((draws, *mean.shape[1:]), generator=torch.Generator().manual_seed(seed))
+        z = (mean + torch.exp(0.5 * logvar) * noise).repeat(rows // draws, 1, 1, 1)
     else:
         z = mean.expand(rows, -1, -1, -1)
     shift = cfg.shift_factor if control.config.latent_shift else 0.0
-    return (z - shift) * cfg.scaling_factor
+    latent = (z - shift) * cfg.scaling_factor
+    if control.mask is not None:
+        kept = 1 - img2img.preprocess_mask(control.mask, height, width)  # (1, 1, h, w)
+        latent = torch.cat([latent, kept.expand(rows, -1, -1, -1)], dim=1)
+    return latent
 
 
 def register(pipe, inputs: Sequence[ControlInput]) -> None:

@@ -78,10 +78,14 @@ def preprocess_image(image: Image.Image | torch.Tensor, height: int, width: int)
 
 
 def preprocess_mask(mask: Image.Image | torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """A mask (white = repaint) -> (1, 1, height/8, width/8) of 0 and 1 on the latent grid.
+    """A mask (white = repaint) -> (1, 1, height/8, width/8) of 0 and 1 on the latent grid: `binary_mask`,
+    then nearest-neighbour down to the latent grid (as diffusers' pipelines do)."""
+    return F.interpolate(binary_mask(mask, height, width), size=(height // 8, width // 8))
 
-    As diffusers' mask processor: greyscale, Lanczos to the image size, values >= 0.5 become 1, the
-    rest 0; then nearest-neighbour down to the latent grid."""
+
+def binary_mask(mask: Image.Image | torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A mask (white = repaint) -> (1, 1, height, width) of 0 and 1. As diffusers' mask processor:
+    greyscale, Lanczos to the image size, values >= 0.5 become 1, the rest 0."""
     if isinstance(mask, torch.Tensor):
         values = mask.float().reshape(1, 1, *mask.shape[-2:])
         if values.shape[-2:] != (height, width):
@@ -89,8 +93,7 @@ def preprocess_mask(mask: Image.Image | torch.Tensor, height: int, width: int) -
     else:
         grey = mask.convert("L").resize((width, height), resample=Image.LANCZOS)
         values = torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)[None, None]
-    binary = (values >= 0.5).float()
-    return F.interpolate(binary, size=(height // 8, width // 8))
+    return (values >= 0.5).float()
 
 
 def start_index(steps: int, strength: float, convention: str) -> int:

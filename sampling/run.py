@@ -220,7 +220,7 @@ def _controls(pipe, work: Work, activation: int) -> list[list[tuple[control.Cont
             guided = o.cfg != 1.0 or ref.uncond_at_cfg_one
             n = len(batch.requests) * (2 if guided else 1)
             out.append([(c, control.encode(models["vae"], c, o.height, o.width, ref.control_pixels, ref.posterior, n,
-                                           batch.requests[0].seed)) for c in work.controls])
+                                           batch.requests[0].seed, guided)) for c in work.controls])
     return out
 
 

@@ -1,5 +1,6 @@
 """The command's ControlNet flags: `--controlnet PATH[:SCALE]` (repeatable) with one `--control-image`
-each, `--control-start` / `--control-end` for all of them, and the control-map preprocessing
+each, `--control-start` / `--control-end` for all of them, `--control-mask` for an inpainting net, and the
+control-map preprocessing
 `--canny LOW,HIGH` / `--blur RADIUS` (sampling/control_maps.py), applied to every control image.
 Everything is checked, and every image read, before any model is downloaded or loaded."""
 
@@ -21,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repeat for several, summed")
     p.add_argument("--control-image", action="append", default=[], metavar="PATH",
                    help="the control map for each --controlnet, in order")
+    p.add_argument("--control-mask", metavar="PATH", help="for an inpainting ControlNet: white marks what to repaint "
+                                                          "in its --control-image")
     p.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where the ControlNets start")
     p.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where they stop")
     p.add_argument("--canny", metavar="LOW,HIGH", help="preprocess each --control-image into Canny edges (OpenCV)")
@@ -29,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def inputs(args) -> list[ControlInput]:
     """The ControlInputs the flags ask for, their images read and preprocessed."""
-    extra = [flag for flag, given in (("--control-image", args.control_image), ("--canny", args.canny),
+    extra = [flag for flag, given in (("--control-image", args.control_image), ("--control-mask", args.control_mask),
+                                      ("--canny", args.canny),
                                       ("--blur", args.blur is not None)) if given]
     if not args.controlnet:
         if extra:
@@ -56,7 +60,7 @@ def inputs(args) -> list[ControlInput]:
                 raise ConfigurationError(f"--canny takes LOW,HIGH thresholds, got {args.canny!r}") from None
         elif args.blur is not None:
             image = blur(image, args.blur)
-        out.append(ControlInput(path, image, scale, args.control_start, args.control_end))
+        out.append(ControlInput(path, image, scale, args.control_start, args.control_end, args.control_mask))
     return out
 
 

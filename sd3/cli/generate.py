@@ -46,7 +46,7 @@ FLAGS = {
     "reference": "--reference", "which": "--which", "slg=True": "--use-slg", "slg": "--use-slg", "prompts": "--prompt",
     "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size", "t5_length": "--t5-max-length", "scale": "--lora PATH:SCALE",
     "control_image": "--control-image", "controlnet": "--controlnet", "start": "--control-start", "end": "--control-end",
-    "canny": "--canny", "blur": "--blur", "control": "--controlnet",
+    "canny": "--canny", "blur": "--blur", "control": "--controlnet", "control_mask": "--control-mask",
     "prompts_file": "--prompts-file", "chunk_size": "--chunk-size", "output_dir": "--output-dir",
     "final_image": "--final-image", "overwrite=True": "--overwrite", "init_image": "--init-image",
     "strength": "--strength", "mask": "--mask", "preview": "--preview", "preview_interval": "--preview-interval",

@@ -44,8 +44,12 @@ def nets(tiny, tmp_path_factory):
     stability = stability_controlnet(tiny.mmdit, 1, control_type=2, seed=4)
     save_file(joint, str(folder / "joint.safetensors"))
     save_file(stability, str(folder / "depth.safetensors"))
+    inpainting = diffusers_controlnet(tiny.mmdit, 1, extra_channels=1, seed=6)
+    save_file(inpainting, str(folder / "inpainting.safetensors"))
     return {
         "joint": (folder / "joint.safetensors", diffusers_controlnet_model(tiny.mmdit, joint, joint=True, depth=1)),
+        "inpainting": (folder / "inpainting.safetensors",
+                       diffusers_controlnet_model(tiny.mmdit, inpainting, joint=True, depth=1, extra_channels=1)),
         "stability": (folder / "depth.safetensors",
                       diffusers_controlnet_model(tiny.mmdit, stability_to_diffusers(stability), joint=False, depth=1)),
     }
@@ -126,3 +130,47 @@ def test_generate_many_renders_what_generate_renders(files, nets, control_image)
     one = pipe.generate(["a cat", "a dog"], **settings)
     many = list(pipe.generate_many(["a cat", "a dog"], **settings))
     assert [m.image.tobytes() for m in many] == [image.tobytes() for image in one.images]
+
+
+def test_matches_diffusers_inpainting_controlnet_pipeline(tiny, files, nets, control_image, tmp_path):
+    """alimama's kind: the image with the repainted area black, encoded with the VAE's shift (one draw
+    for both CFG halves), and the kept area as a 17th channel; diffusers' pooled vector is zero."""
+    from diffusers import StableDiffusion3ControlNetInpaintingPipeline
+
+    mask = Image.new("L", (WIDTH, HEIGHT), 0)
+    mask.paste(255, (8, 16, 40, 48))
+    mask.save(tmp_path / "mask.png")
+    path, model = nets["inpainting"]
+    base = diffusers_pipeline(tiny)
+    theirs = StableDiffusion3ControlNetInpaintingPipeline(
+        **{k: v for k, v in base.components.items() if k not in ("image_encoder", "feature_extractor")}, controlnet=model)
+    ours = StableDiffusion3(files, reference="diffusers")
+    result = ours.generate("a cat", "blurry", height=HEIGHT, width=WIDTH, steps=STEPS, cfg=4.0, seed=SEED,
+                           latents=LATENTS, quiet=True,
+                           control=[ControlInput(path, control_image, scale=0.8, mask=tmp_path / "mask.png")])
+    torch.manual_seed(SEED)
+    want = theirs(prompt="a cat", negative_prompt="blurry", height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
+                  guidance_scale=4.0, latents=LATENTS, control_image=Image.open(control_image),
+                  control_mask=Image.open(tmp_path / "mask.png"), controlnet_conditioning_scale=0.8,
+                  max_sequence_length=256, output_type="latent").images
+    assert (result.latents - want).abs().max() <= 1e-4
+    with pytest.raises(ConfigurationError, match="is an inpainting ControlNet: give its `control_mask`"):
+        ours.generate("a cat", height=HEIGHT, width=WIDTH, steps=2, cfg=4.0, control=[ControlInput(path, control_image)])
+    with pytest.raises(ConfigurationError, match="takes no `control_mask`"):
+        ours.generate("a cat", height=HEIGHT, width=WIDTH, steps=2, cfg=4.0,
+                      control=[ControlInput(nets["joint"][0], control_image, mask=tmp_path / "mask.png")])
+
+
+@pytest.mark.parametrize("keep, stays", [("stage", False), ("all", True)])
+def test_keep_applies_to_controlnets_and_the_memory_plan_counts_them(files, nets, control_image, keep, stays):
+    pipe = StableDiffusion3(files, keep=keep)
+    control = [ControlInput(nets["joint"][0], control_image)]
+    pipe.generate("a cat", height=HEIGHT, width=WIDTH, steps=2, cfg=4.0, quiet=True, control=control)
+    name = control[0].name
+    assert pipe.memory.weights[name] == nets["joint"][0].stat().st_size - _header_bytes(nets["joint"][0])
+    assert (name in pipe.models) == stays and ("mmdit" in pipe.models) == stays
+
+
+def _header_bytes(path) -> int:
+    with open(path, "rb") as file:
+        return 8 + int.from_bytes(file.read(8), "little")

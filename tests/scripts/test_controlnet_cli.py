@@ -57,6 +57,9 @@ def test_a_prompt_file_job_with_a_controlnet_resumes(tiny, setup, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--controlnet", "X"], "give one --control-image per --controlnet: got 0 for 1"),
     (["--control-image", "photo.png"], "--control-image needs --controlnet"),
+    (["--control-mask", "photo.png"], "--control-mask needs --controlnet"),
+    (["--controlnet", "canny.safetensors", "--control-image", "photo.png", "--control-mask", "photo.png"],
+     "--controlnet canny.safetensors takes no --control-mask"),
     (["--controlnet", "canny.safetensors", "--control-image", "missing.png"], "--control-image missing.png: file not found"),
     (["--controlnet", "canny.safetensors", "--control-image", "photo.png", "--control-start", "0.6", "--control-end", "0.6"],
      "--control-start must be below --control-end"),
