@@ -145,3 +145,24 @@ def test_a_controlnet_for_another_model_is_refused(base, tmp_path):
         load_controlnet(mmdit_state_dict(CONTROL_BASE), ours_base.config)
     with pytest.raises(ModelLoadingError, match="not an SD3 ControlNet: it has no 'controlnet_blocks.'"):
         load_controlnet({"foo.weight": torch.ones(2)}, ours_base.config)
+
+
+def test_stabilitys_sd35_large_nets_at_full_size_on_meta():
+    """The real SD3.5-large ControlNet layout (19 blocks, width 2432, 2048-wide text embedder) against
+    SD3.5-large's MMDiT: the 8B kind, and the same names and shapes as diffusers' model of it."""
+    from diffusers import SD3ControlNetModel
+
+    from sd3.mmdit import Config
+    from sd3.testing.tiny.mmdit import TinyMMDiT
+    from sd3.testing.tiny.random import MetaTensors
+
+    large = TinyMMDiT(depth=38, heads=38, adm=2048, context_dim=4096, pos_embed_max_size=192)
+    state = stability_controlnet(large, 19, tensors=MetaTensors())
+    net = load_controlnet(state, Config.sd3_5_large(), device="meta")
+    assert (net.config.kind, net.config.depth, net.config.hidden_size, net.config.num_heads) == ("stability-8b", 19, 2432, 38)
+    with torch.device("meta"):
+        theirs = SD3ControlNetModel(num_layers=19, attention_head_dim=64, num_attention_heads=38, joint_attention_dim=None,
+                                    pooled_projection_dim=2048, pos_embed_type=None, use_pos_embed=False,
+                                    force_zeros_for_pooled_projection=False)
+    want = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in stability_to_diffusers(state).items()} == want

@@ -38,10 +38,11 @@ def _linear(r: RandomTensors, name: str, out: int, inp: int) -> dict[str, torch.
 
 
 def stability_controlnet(base: TinyMMDiT, depth: int, *, control_type: int = 1, two_b: bool = False,
-                         seed: int = 0) -> dict[str, torch.Tensor]:
+                         seed: int = 0, tensors: RandomTensors | None = None) -> dict[str, torch.Tensor]:
     """Stability's layout: `two_b` for the 2B path (its own `pos_embed.proj`, a text embedder as wide as
-    the model), else the SD3.5-large "8B" layout (no input embedder, a 2048-like pooled input)."""
-    r, d, p = RandomTensors(seed), base.hidden, base.patch
+    the model), else the SD3.5-large "8B" layout (no input embedder, a 2048-like pooled input).
+    `tensors`: another source (`MetaTensors` for the full-size layout on the meta device)."""
+    r, d, p = tensors or RandomTensors(seed), base.hidden, base.patch
     sd = {"control_type": torch.tensor([control_type], dtype=torch.int32),
           **_embedders(r, d, p, d if two_b else base.adm, 16)}
     if two_b:
