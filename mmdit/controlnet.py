@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from sd3.checkpoint import shape_lookup
-from sd3.errors import ConfigurationError
+from sd3.errors import ConfigurationError, ModelLoadingError
 from sd3.mmdit.blocks import DiTBlock, JointBlock
 from sd3.mmdit.config import Config
 from sd3.mmdit.embeddings import PatchEmbed, TimestepEmbedder, VectorEmbedder, cropped_pos_embed
@@ -92,7 +92,13 @@ class ControlNetConfig:
             ConfigurationError: a ControlNet for another width than the base's, or another patch size.
         """
         shape, need = shape_lookup(shapes, "an SD3 ControlNet", "")
-        depth = 1 + max(int(m.group(1)) for m in map(_BLOCK.match, shape) if m)
+        blocks = [int(m.group(1)) for m in map(_BLOCK.match, shape) if m]
+        if not blocks:
+            raise ModelLoadingError("this SD3 ControlNet file has no 'transformer_blocks.' tensors: it is incomplete")
+        depth = 1 + max(blocks)
+        if depth > base.depth:
+            raise ConfigurationError(f"this ControlNet has {depth} blocks, more than the MMDiT's {base.depth}: "
+                                     "it was trained for another model")
         hidden, cond_channels, patch = need("pos_embed_input.proj.weight")[:3]
         if hidden != base.hidden_size or patch != base.patch_size:
             raise ConfigurationError(

@@ -140,6 +140,8 @@ def work(pipe, requests: list[ImageRequest], settings: dict, *, edit: run.Edit |
             options[settings_key(request)] = request_options(pipe, request, settings, edit)
     if conditioning is None:
         check_t5_lengths(pipe, requests)
+    control_lib.check_sizes(control, sorted({(o.height, o.width) for o in options.values()}),
+                            sorted({o.steps for o in options.values()}))
     batches = run.batches(requests, lambda request: options[settings_key(request)], settings.get("batch_size", 1))
     return run.Work(batches, encode_per_batch, conditioning=conditioning, latents=latents, edit=edit,
                     controls=list(control))
@@ -151,10 +153,7 @@ def controls(pipe, control, settings: dict) -> list[control_lib.ControlInput]:
     recommended ControlNet settings (sd3_infer.py: 60 steps, cfg 3.5, shift 3, euler)."""
     checked = control_lib.check_inputs(control, pipe.components.architectures()["mmdit"])
     control_lib.register(pipe, checked)  # loaders and sizes only: nothing loads
-    if any(c.config.kind != "joint" for c in checked):
-        for key in ("steps", "cfg", "shift"):
-            if settings.get(key) is None and settings.get("sigmas") is None:
-                settings[key] = control_lib.STABILITY_SETTINGS[key]
+    control_lib.apply_stability_settings(any(c.config.kind != "joint" for c in checked), settings)
     return checked
 
 

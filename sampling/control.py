@@ -21,6 +21,7 @@ diffusers encodes it for them.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -36,8 +37,20 @@ from sd3.checkpoint import open_checkpoint
 from sd3.mmdit.controlnet import CONTROL_TYPES, ControlNetConfig
 from sd3.sampling import img2img
 
-# Stability's recommended settings for its SD3.5-large ControlNets (sd3_infer.py, `CONFIGS`).
-STABILITY_SETTINGS = {"steps": 60, "cfg": 3.5, "shift": 3.0, "sampler_name": "euler"}
+logger = logging.getLogger(__name__)
+
+# Stability's recommended settings for its SD3.5-large ControlNets (sd3_infer.py, `CONFIGS`; its
+# sampler there is euler, our default).
+STABILITY_SETTINGS = {"steps": 60, "cfg": 3.5, "shift": 3.0}
+
+
+def apply_stability_settings(stability: bool, settings: dict) -> None:
+    """With one of Stability's nets (`stability`), the unset `steps`, `cfg` and `shift` in `settings`
+    become its recommended ControlNet settings; an explicit schedule (`sigmas`) keeps its own."""
+    if stability and settings.get("sigmas") is None:
+        for key, value in STABILITY_SETTINGS.items():
+            if settings.get(key) is None:
+                settings[key] = value
 
 
 @dataclass
@@ -100,14 +113,18 @@ def check_inputs(controls: Sequence[ControlInput] | None, architecture) -> list[
     for control in controls:
         if not isinstance(control, ControlInput):
             raise ConfigurationError(f"`control` takes ControlInput(model, image, ...) entries, got {control!r}")
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (control.scale, control.start, control.end)):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in (control.scale, control.start, control.end)):
             raise ConfigurationError("a ControlInput's scale, `start` and `end` must be finite numbers")
         if not 0 <= control.start < control.end <= 1:
             raise ConfigurationError(f"`start` must be below `end`, both in [0, 1], got {control.start} and {control.end}")
         path = Path(control.model).expanduser()
         if path.suffix.lower() != ".safetensors" or not path.is_file():
             raise ConfigurationError(f"`controlnet` {path}: a .safetensors file is needed, and none is there")
-        net = load_controlnet(path, architecture.config, device="meta")  # reads the header, no weight
+        try:
+            net = load_controlnet(path, architecture.config, device="meta")  # reads the header, no weight
+        except ConfigurationError as error:
+            raise ConfigurationError(f"`controlnet` {path.name}: {error}") from None
         with open_checkpoint(path) as checkpoint:  # and Stability's one-number `control_type`
             kind = CONTROL_TYPES.get(int(checkpoint.tensor("control_type").flatten()[0]), "unknown") \
                 if "control_type" in checkpoint else None
@@ -122,22 +139,43 @@ def check_inputs(controls: Sequence[ControlInput] | None, architecture) -> list[
     return checked
 
 
+def check_sizes(controls: Sequence[ControlInput], sizes: Sequence[tuple[int, int]], steps: Sequence[int] = ()) -> None:
+    """Refuse, before any model loads, an image size a ControlNet cannot take: a joint net's position
+    table smaller than the latent grid, or a control image given as a tensor of another size. Warn of
+    a window (`start`, `end`) that holds none of the `steps` counts' steps."""
+    for control in controls:
+        for n in steps:
+            if not any(control.active(i, n) for i in range(n)):
+                logger.warning("ControlNet %s acts in no step of %d (start %s, end %s): each step i needs "
+                               "start <= i/N and (i + 1)/N <= end", Path(control.model).name, n, control.start, control.end)
+        for height, width in sizes:
+            cfg = control.config
+            side = cfg.pos_embed_max_size * cfg.patch_size * 8
+            if cfg.kind == "joint" and (height > side or width > side):
+                raise ConfigurationError(f"`controlnet` {Path(control.model).name} covers images up to {side}x{side} "
+                                         f"pixels (its position table), not {height}x{width}")
+            for name, image in (("control_image", control.image), ("control_mask", control.mask)):
+                if isinstance(image, torch.Tensor) and tuple(image.shape[-2:]) != (height, width):
+                    raise ConfigurationError(f"`{name}` as a tensor must be {height}x{width} pixels, got {tuple(image.shape)}")
+
+
 def pixels(control: ControlInput, height: int, width: int, reference: str) -> torch.Tensor:
     """The control image resized to height x width (Lanczos) and mapped as `reference` (`Reference.control_pixels`:
     "stability" or "diffusers"; the module's table) says -> (1, 3, height, width) float32."""
-    signed = img2img.preprocess_image(control.image, height, width)  # 2x - 1, x in [0, 1]
+    signed = img2img.preprocess_image(control.image, height, width, "control_image")  # 2x - 1, x in [0, 1]
     stability_canny = reference == "stability" and control.config.kind == "stability-8b" and \
         control.control_image_type == "canny"
     return ((signed + 1) / 2) * 255 * 0.5 + 0.5 if stability_canny else signed
 
 
 def encode(vae: nn.Module, control: ControlInput, height: int, width: int, reference: str, posterior: str,
-           rows: int, seed: int, guided: bool) -> torch.Tensor:
+           rows: int, generator: torch.Generator, guided: bool) -> torch.Tensor:
     """The control latent for a CFG batch of `rows` rows (`guided`: two halves): (rows, C, height/8, width/8)
     float32, C the net's 16 channels, or 17 with an inpainting net's mask (1 where the image is kept).
 
-    `posterior` "mean": one latent for every row; "sample": each row its own draw, in the order the
-    global RNG seeded with `seed` gives them (diffusers encodes the image repeated for the batch;
+    `posterior` "mean": one latent for every row; "sample": each row its own draw from `generator`,
+    which stands for diffusers' global RNG seeded with the seed: one generator serves a batch's nets in
+    order, as diffusers draws them one after another (it encodes the image repeated for the batch;
     its inpainting pipeline encodes before repeating for the CFG halves, so they share draws)."""
     cfg = vae.config
     x = pixels(control, height, width, reference)
@@ -147,7 +185,7 @@ def encode(vae: nn.Module, control: ControlInput, height: int, width: int, refer
         mean, logvar = (t.float().cpu() for t in vae.encode_distribution(x.to(next(vae.parameters()).device, vae.dtype)))
     if posterior == "sample":
         draws = rows // 2 if guided and control.mask is not None else rows
-        noise = torch.randn((draws, *mean.shape[1:]), generator=torch.Generator().manual_seed(seed))
+        noise = torch.randn((draws, *mean.shape[1:]), generator=generator)
         z = (mean + torch.exp(0.5 * logvar) * noise).repeat(rows // draws, 1, 1, 1)
     else:
         z = mean.expand(rows, -1, -1, -1)
@@ -161,15 +199,12 @@ def encode(vae: nn.Module, control: ControlInput, height: int, width: int, refer
 
 def register(pipe, inputs: Sequence[ControlInput]) -> None:
     """Make each input's ControlNet a model of `pipe`'s lifecycle: its loader, its size for the memory
-    checks (sampling/memory.py), and the "control" stage that holds them, so that `keep` frees or
-    keeps them with the rest and the memory checks count them. Loads nothing."""
+    checks (sampling/memory.py), and the stage that holds them (`stage_name`), so that `keep` frees
+    or keeps them with the rest and the memory checks count them. Loads nothing."""
     from sd3.mmdit.controlnet_loading import load_controlnet
     from sd3.sampling.lifecycle import Stage
     from sd3.sampling.memory import weight_bytes
 
-    names = {c.name for c in inputs}
-    for name in [n for n in pipe.memory.weights if n.startswith("controlnet:") and n not in names]:
-        del pipe.memory.weights[name]  # another call's: no longer part of the memory plan
     for control in inputs:
         if control.name not in pipe.lifecycle.loaders:
             pipe.lifecycle.loaders[control.name] = functools.partial(
@@ -177,7 +212,18 @@ def register(pipe, inputs: Sequence[ControlInput]) -> None:
             with open_checkpoint(control.model) as checkpoint:
                 pipe.memory.weights[control.name] = weight_bytes(checkpoint, pipe.dtype)
     stage = Stage(tuple(c.name for c in inputs), "ControlNet", 'use `dtype="bfloat16"` or fewer ControlNets', "denoise")
-    pipe.lifecycle.stages = {**pipe.lifecycle.stages, "control": stage}
+    pipe.lifecycle.stages = {**pipe.lifecycle.stages, stage_name(inputs): stage}
+
+
+def after_last_block(reference, inputs: Sequence[ControlInput]) -> bool:
+    """Whether the MMDiT's last block gets a residual: as `reference.control_after_last_block` says
+    for Stability's nets; never with a joint net, which only diffusers runs (and trained) that way."""
+    return reference.control_after_last_block and all(c.config.kind != "joint" for c in inputs)
+
+
+def stage_name(inputs: Sequence[ControlInput]) -> str:
+    """The lifecycle stage that holds these ControlNets (one per set, so calls never share one)."""
+    return "control " + " ".join(sorted(c.name for c in inputs))
 
 
 def rows(latent: torch.Tensor, n: int, part: slice, guided: bool) -> torch.Tensor:

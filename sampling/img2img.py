@@ -61,7 +61,7 @@ def image_size(image: Image.Image | torch.Tensor) -> tuple[int, int]:
     return image.size if isinstance(image, Image.Image) else (image.shape[-1], image.shape[-2])
 
 
-def preprocess_image(image: Image.Image | torch.Tensor, height: int, width: int) -> torch.Tensor:
+def preprocess_image(image: Image.Image | torch.Tensor, height: int, width: int, name: str = "init_image") -> torch.Tensor:
     """An image -> (1, 3, height, width) float32 in [-1, 1], resized as diffusers' `VaeImageProcessor`
     resizes (PIL's Lanczos to the requested size). Greyscale, RGBA and palette images become RGB.
     A tensor must already be (3, H, W) or (1, 3, H, W) in [0, 1] at the requested size."""
@@ -69,7 +69,7 @@ def preprocess_image(image: Image.Image | torch.Tensor, height: int, width: int)
         pixels = image[None] if image.ndim == 3 else image
         if pixels.shape != (1, 3, height, width):
             raise ConfigurationError(
-                f"`init_image` as a tensor must be (1, 3, {height}, {width}) in [0, 1], got {tuple(image.shape)}"
+                f"`{name}` as a tensor must be (1, 3, {height}, {width}) in [0, 1], got {tuple(image.shape)}"
             )
         return pixels.float() * 2 - 1
     rgb = image.convert("RGB").resize((width, height), resample=Image.LANCZOS)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
@@ -119,15 +119,16 @@ class ModelLifecycle:
         self.current: Call | None = None  # the call the code now running belongs to
         self.timings = Timings()  # the last call's
 
-    def keeps_models(self, options=None) -> bool:
+    def keeps_models(self, options=None, extra: Sequence[str] = ()) -> bool:
         """Whether a call of `options` (a GenerationOptions; None: sizes unknown) leaves each model
-        loaded after its stage: `keep`, or for "auto" the memory check. Frees nothing."""
-        return self.memory.fits_together(self.keep, self.models, options, self.context_tokens)
+        loaded after its stage: `keep`, or for "auto" the memory check, counting the `extra` models
+        it also runs (its ControlNets). Frees nothing."""
+        return self.memory.fits_together(self.keep, self.models, options, self.context_tokens, extra)
 
-    def start(self, options=None) -> Call:
-        """A new call for work of `options`' size: decides whether its models stay loaded between
-        stages, and frees what earlier calls left loaded when they do not."""
-        call = Call(self.keeps_models(options))
+    def start(self, options=None, extra: Sequence[str] = ()) -> Call:
+        """A new call for work of `options`' size (and `extra` models, as `keeps_models`): decides
+        whether its models stay loaded between stages, and frees what earlier calls left loaded when they do not."""
+        call = Call(self.keeps_models(options, extra))
         if not call.keeping:
             self.models.release()
         self.timings = call.timings

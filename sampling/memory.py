@@ -99,12 +99,15 @@ class StageMemory:
             height, width = min(height, 8 * tile_size), min(width, 8 * tile_size)
         return vae_activation_bytes(batch, height, width, self.dtype) // (2 if tiny else 1)
 
-    def fits_together(self, keep: str, resident: Container[str], options, context_tokens: int) -> bool:
+    def fits_together(self, keep: str, resident: Container[str], options, context_tokens: int,
+                      extra: Container[str] = ()) -> bool:
         """Whether a call keeps its models after their stage: `keep`, or for "auto" the memory check
-        (every model's weights, plus the largest stage's activations at `options`; None: none)."""
+        (every model's weights, the ControlNets among them only when in `extra`, plus the largest
+        stage's activations at `options`; None: none)."""
         if keep != "auto":
             return keep == "all"
-        to_load = sum(size for name, size in self.weights.items() if name not in resident)
+        to_load = sum(size for name, size in self.weights.items()
+                      if name not in resident and (not name.startswith("controlnet:") or name in extra))
         activation = 0 if options is None else max(self.activations(options, context_tokens).values())
         free = available_bytes(self.device)
         return free is not None and to_load + activation <= free

@@ -270,7 +270,7 @@ class StableDiffusion3:
         outputs = []
         preview_bytes = self.memory.decode_bytes(options.batch_size, options.height, options.width, None)
         with self.lifecycle.stage("denoise", activation) as models, lend(self.lifecycle, on_step, preview_bytes), torch.no_grad(), bar, \
-                self.lifecycle.hold("control") if controls else contextlib.nullcontext() as nets, \
+                self.lifecycle.hold(control.stage_name([c for c, _ in controls])) if controls else contextlib.nullcontext() as nets, \
                 attention_backend or contextlib.nullcontext():
             for first in batches:
                 part = slice(first, first + options.batch_size)
@@ -279,7 +279,7 @@ class StableDiffusion3:
                 velocity = GuidedVelocity(
                     models["mmdit"], conditioning.rows(part).to(self.device), cfg=options.cfg, slg=options.slg,
                     steps=options.steps, uncond_first=ref.uncond_first, uncond_at_cfg_one=ref.uncond_at_cfg_one,
-                    controls=active, controls_after_last_block=ref.control_after_last_block,
+                    controls=active, controls_after_last_block=control.after_last_block(ref, [c for c, _ in controls]),
                 )
                 x = latents[part].to(self.device, torch.float32)
                 outputs.append(sample(velocity, x, schedule, round_to=self.dtype if ref.round_latents else None,

@@ -155,7 +155,7 @@ def render(pipe, work: Work, *, on_step: StepCallback | None = None, attention_b
         quiet: no progress bar.
     """
     life = pipe.lifecycle
-    call = life.start(work.largest)
+    call = life.start(work.largest, [c.name for c in work.controls])
     need = pipe.memory.activations(work.largest, life.context_tokens)  # bytes, for the memory checks
     vae_shift = work.edit is None or work.edit.mask is None or pipe.reference.inpaint_decode_shift
     settings = dict(on_step=on_step, attention_backend=attention_backend, quiet=quiet)
@@ -176,7 +176,7 @@ def render(pipe, work: Work, *, on_step: StepCallback | None = None, attention_b
         finished = []
         lent = on_step.model if isinstance(on_step, Preview) else None  # a preview's decoder, loaded once too
         with life.using(call), life.hold("denoise", need["mmdit"]), \
-                life.hold("control") if work.controls else contextlib.nullcontext(), \
+                life.hold(control.stage_name(work.controls)) if work.controls else contextlib.nullcontext(), \
                 life.hold(f"preview_{lent}", need["vae"]) if lent else contextlib.nullcontext():  # 3. every batch
             for batch, cond, (start, blend), ctrl in zip(work.batches, conditionings, starts, controls):
                 begin = time.perf_counter()
@@ -216,11 +216,11 @@ def _controls(pipe, work: Work, activation: int) -> list[list[tuple[control.Cont
     ref, out = pipe.reference, []
     with pipe.lifecycle.hold("encode_image", activation) as models:
         for batch in work.batches:
-            o = batch.options
+            o, generator = batch.options, torch.Generator().manual_seed(batch.requests[0].seed)
             guided = o.cfg != 1.0 or ref.uncond_at_cfg_one
             n = len(batch.requests) * (2 if guided else 1)
             out.append([(c, control.encode(models["vae"], c, o.height, o.width, ref.control_pixels, ref.posterior, n,
-                                           batch.requests[0].seed, guided)) for c in work.controls])
+                                           generator, guided)) for c in work.controls])
     return out
 
 

@@ -112,7 +112,7 @@ def generate_many(
     batches = list(work.batches)
     with tqdm(total=len(requests), desc="images", unit="image", disable=quiet) as bar:
         while batches:
-            keeping = pipe.lifecycle.keeps_models(work.largest)
+            keeping = pipe.lifecycle.keeps_models(work.largest, [c.name for c in work.controls])
             size = chunk_size or _next_chunk_size(stats, keeping, batch_size)
             chunk = [batches.pop(0)]
             while batches and sum(len(b.requests) for b in chunk) + len(batches[0].requests) <= size:

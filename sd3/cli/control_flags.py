@@ -10,9 +10,10 @@ import argparse
 import math
 from pathlib import Path
 
+from sd3.checkpoint import sha256_file
 from sd3.errors import ConfigurationError
 from sd3.sampling import img2img
-from sd3.sampling.control import STABILITY_SETTINGS, ControlInput, stability_layout
+from sd3.sampling.control import ControlInput, apply_stability_settings, stability_layout
 from sd3.sampling.control_maps import blur, canny
 
 
@@ -26,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                           "in its --control-image")
     p.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where the ControlNets start")
     p.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where they stop")
-    p.add_argument("--canny", metavar="LOW,HIGH", help="preprocess each --control-image into Canny edges (OpenCV)")
-    p.add_argument("--blur", type=float, metavar="RADIUS", help="preprocess each --control-image with a Gaussian blur")
+    p.add_argument("--canny", metavar="LOW,HIGH", help="preprocess every --control-image into Canny edges (OpenCV)")
+    p.add_argument("--blur", type=float, metavar="RADIUS", help="preprocess every --control-image with a Gaussian blur")
 
 
 def inputs(args) -> list[ControlInput]:
@@ -57,7 +58,7 @@ def inputs(args) -> list[ControlInput]:
             try:
                 image = canny(image, float(low), float(high))
             except ValueError:
-                raise ConfigurationError(f"--canny takes LOW,HIGH thresholds, got {args.canny!r}") from None
+                raise ConfigurationError(f"--canny takes LOW,HIGH thresholds (numbers, LOW below HIGH), got {args.canny!r}") from None
         elif args.blur is not None:
             image = blur(image, args.blur)
         out.append(ControlInput(path, image, scale, args.control_start, args.control_end, args.control_mask))
@@ -82,14 +83,19 @@ def parse_path_scale(value: str, flag: str = "--lora") -> tuple[Path, float]:
 
 def apply_defaults(controls: list[ControlInput], settings: dict) -> None:
     """With one of Stability's nets, the steps, cfg and shift not given become Stability's ControlNet settings."""
-    if any(stability_layout(c.model) for c in controls):
-        for key in ("steps", "cfg", "shift"):
-            if settings.get(key) is None:
-                settings[key] = STABILITY_SETTINGS[key]
+    apply_stability_settings(any(stability_layout(c.model) for c in controls), settings)
 
 
 def records(args, controls: list[ControlInput]) -> list[dict]:
-    """What each image records of its ControlNets: files, control images, scale, window, preprocessing."""
+    """What each image records of its ControlNets: files and control images (names and sha256, so that a
+    resumed job notices a changed file), the mask, scale, window and preprocessing."""
     preprocessing = f"canny {args.canny}" if args.canny else f"blur {args.blur}" if args.blur is not None else None
-    return [{"file": Path(c.model).name, "image": Path(image).name, "scale": c.scale, "start": c.start, "end": c.end,
-             "preprocessing": preprocessing} for c, image in zip(controls, args.control_image)]
+    out = []
+    for c, image in zip(controls, args.control_image):
+        record = {"file": Path(c.model).name, "sha256": sha256_file(Path(c.model)), "image": Path(image).name,
+                  "image_sha256": sha256_file(Path(image)), "scale": c.scale, "start": c.start, "end": c.end,
+                  "preprocessing": preprocessing}
+        if args.control_mask:
+            record.update(mask=Path(args.control_mask).name, mask_sha256=sha256_file(Path(args.control_mask)))
+        out.append(record)
+    return out

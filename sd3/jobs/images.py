@@ -48,6 +48,9 @@ def a1111_text(parameters: dict) -> str:
     if parameters.get("loras"):  # A1111 writes LoRAs as <lora:name:weight> tags and their hashes
         text += ", Lora hashes: \"" + ", ".join(f"{l['file']}: {l['sha256'][:12]}" for l in parameters["loras"]) + "\""
         text += ", Loras: " + " ".join(f"<lora:{Path(l['file']).stem}:{l['scale']}>" for l in parameters["loras"])
+    for k, net in enumerate(parameters.get("controlnets") or []):  # the A1111 ControlNet extension's "ControlNet N" entries
+        text += (f", ControlNet {k}: \"Model: {net['file']} [{net['sha256'][:8]}], Image: {net['image']}, "
+                 f"Weight: {net['scale']}, Guidance Start: {net['start']}, Guidance End: {net['end']}\"")
     return text
 
 

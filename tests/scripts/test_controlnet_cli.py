@@ -33,8 +33,12 @@ def test_both_layouts_run_and_are_recorded(tiny, setup, tmp_path):
     assert _run(tiny, "--controlnet", f"{setup / 'canny.safetensors'}:0.8", "--control-image", str(setup / "photo.png"),
                 "--canny", "50,150", "--num-inference-steps", "2", "--final-image", str(tmp_path / "a.png")) == 0
     record = json.loads(Image.open(tmp_path / "a.png").info["sd3"])
-    assert record["controlnets"] == [{"file": "canny.safetensors", "image": "photo.png", "scale": 0.8, "start": 0.0,
-                                      "end": 1.0, "preprocessing": "canny 50,150"}]
+    from sd3.checkpoint import sha256_file
+
+    assert record["controlnets"] == [{"file": "canny.safetensors", "sha256": sha256_file(setup / "canny.safetensors"),
+                                      "image": "photo.png", "image_sha256": sha256_file(setup / "photo.png"),
+                                      "scale": 0.8, "start": 0.0, "end": 1.0, "preprocessing": "canny 50,150"}]
+    assert "ControlNet 0: \"Model: canny.safetensors [" in Image.open(tmp_path / "a.png").info["parameters"]
     assert (record["steps"], record["cfg"]) == (2, 3.5)  # Stability's cfg where none was given; steps as given
     assert _run(tiny, "--controlnet", str(setup / "instantx.safetensors"), "--control-image", str(setup / "photo.png"),
                 "--num-inference-steps", "2", "--control-end", "0.5", "--final-image", str(tmp_path / "b.png")) == 0
@@ -52,6 +56,10 @@ def test_a_prompt_file_job_with_a_controlnet_resumes(tiny, setup, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and lines[0]["settings"]["controlnets"][0]["file"] == "instantx.safetensors"
     assert _run(tiny, *flags) == 0  # the same job again: everything is already done
+    changed = tmp_path / "photo.png"  # the same name with other pixels: a resumed job must notice
+    Image.open(setup / "photo.png").rotate(180).save(changed)
+    flags[flags.index(str(setup / "photo.png"))] = str(changed)
+    assert _run(tiny, *flags) == 1
 
 
 @pytest.mark.parametrize("flags, message", [
