@@ -1,9 +1,17 @@
 """Fixtures shared by the text-encoder tests: the tiny tokenizers and architectures."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from sd3.testing.tiny.text import TinyCLIP, TinyT5
-from sd3.testing.tiny.tokenizers import save_clip_tokenizer_json, tiny_clip_tokenizer, tiny_t5_tokenizer
+from sd3.testing.tiny.tokenizers import (
+    real_clip_vocab_and_merges,
+    save_clip_tokenizer_json,
+    tiny_clip_tokenizer,
+    tiny_t5_tokenizer,
+)
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +34,16 @@ def t5_tokenizer_json(t5_tokenizer, tmp_path_factory):
     path = tmp_path_factory.mktemp("t5_tok") / "tokenizer.json"
     t5_tokenizer.backend_tokenizer.save(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def real_clip():
+    """CLIP's real vocabulary and merges (from the open-clip-torch wheel, cached), or a skip with the reason."""
+    cache = Path(os.environ.get("SD3_TEST_CACHE", Path.home() / ".cache" / "sd3-from-scratch"))
+    try:
+        return real_clip_vocab_and_merges(cache)
+    except OSError as error:
+        pytest.skip(f"the real CLIP vocabulary ships in the open-clip-torch wheel, which could not be fetched: {error}")
 
 
 @pytest.fixture(scope="session")

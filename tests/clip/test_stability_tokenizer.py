@@ -143,20 +143,6 @@ def test_t5_takes_the_first_226_characters_without_weights(t5_tokenizer, t5_toke
     assert plain(prompts[2]).shape[1] > got.shape[1]  # plain text keeps all 460 characters
 
 
-@pytest.fixture(scope="module")
-def real_clip():
-    import os
-    from pathlib import Path
-
-    from sd3.testing.tiny.tokenizers import real_clip_vocab_and_merges
-
-    cache = Path(os.environ.get("SD3_TEST_CACHE", Path.home() / ".cache" / "sd3-from-scratch"))
-    try:
-        return real_clip_vocab_and_merges(cache)
-    except OSError as error:
-        pytest.skip(f"the real CLIP vocabulary ships in the open-clip-torch wheel, which could not be fetched: {error}")
-
-
 @pytest.mark.parametrize(
     "text, segments",
     [

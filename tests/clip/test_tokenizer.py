@@ -6,14 +6,12 @@ only the tokenizer.json file, as it does for the real hub files.
 """
 
 import logging
-import os
-from pathlib import Path
 
 import pytest
 
 from sd3.clip import CLIPTokenizer, T5Tokenizer
 from sd3.errors import TextEncodingError
-from sd3.testing.tiny.tokenizers import real_clip_vocab_and_merges, save_clip_tokenizer_json, transformers_clip_tokenizer
+from sd3.testing.tiny.tokenizers import save_clip_tokenizer_json, transformers_clip_tokenizer
 
 PROMPTS = [
     "a photo of a cat",
@@ -65,15 +63,6 @@ def _check_against(tokenizer, tmp_path, prompts, pad_token="<|endoftext|>"):
 
 def test_tiny_vocabulary_matches_transformers(clip_tokenizer, tmp_path):
     _check_against(clip_tokenizer, tmp_path, PROMPTS)
-
-
-@pytest.fixture(scope="module")
-def real_clip():
-    cache = Path(os.environ.get("SD3_TEST_CACHE", Path.home() / ".cache" / "sd3-from-scratch"))
-    try:
-        return real_clip_vocab_and_merges(cache)
-    except OSError as error:
-        pytest.skip(f"the real CLIP vocabulary ships in the open-clip-torch wheel, which could not be fetched: {error}")
 
 
 def test_real_clip_vocabulary_matches_transformers(real_clip, tmp_path):
