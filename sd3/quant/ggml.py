@@ -24,8 +24,17 @@ QK_K = 256  # values per k-quant super-block
 
 
 def _f16(blocks: torch.Tensor, at: int) -> torch.Tensor:
-    """The float16 stored at byte `at` of every block, as float32 (n, 1)."""
-    return blocks[:, at : at + 2].contiguous().view(torch.float16).float()
+    """The little-endian float16 stored at byte `at` of every block, as float32 (n, 1).
+
+    Converted with integer operations, exactly for every float16 (subnormals, signed zeros, inf and
+    NaN included): a compiled dequantiser (fused.py) then has no float16 arithmetic, which keeps
+    inductor's CPU code vectorised."""
+    bits = blocks[:, at : at + 1].to(torch.int32) | (blocks[:, at + 1 : at + 2].to(torch.int32) << 8)
+    sign, exponent, mantissa = (bits >> 15) & 1, (bits >> 10) & 0x1F, bits & 0x3FF
+    normal = ((sign << 31) | ((exponent + 112) << 23) | (mantissa << 13)).view(torch.float32)  # rebias 15 -> 127
+    special = ((sign << 31) | (0xFF << 23) | (mantissa << 13)).view(torch.float32)  # inf and NaN
+    subnormal = mantissa.float() * 2.0**-24 * (1 - 2 * sign).float()  # exact: at most 10 bits
+    return torch.where(exponent == 0, subnormal, torch.where(exponent == 0x1F, special, normal))
 
 
 def _bits(packed: torch.Tensor, shifts: list[int], mask: int) -> torch.Tensor:
@@ -36,7 +45,7 @@ def _bits(packed: torch.Tensor, shifts: list[int], mask: int) -> torch.Tensor:
 
 def _q8_0(b: torch.Tensor) -> torch.Tensor:
     # d (f16) | 32 int8: x = d * q
-    return _f16(b, 0) * b[:, 2:34].contiguous().view(torch.int8).float()
+    return _f16(b, 0) * b[:, 2:34].to(torch.int8).float()  # uint8 -> int8 wraps, as a reinterpretation
 
 
 def _nibbles(qs: torch.Tensor) -> torch.Tensor:
@@ -131,7 +140,7 @@ def _q6_k(b: torch.Tensor) -> torch.Tensor:
     low4 = _bits(b[:, :128].view(n, 2, 64), [0, 4], 0x0F).reshape(n, 8, 32)
     high2 = _bits(b[:, 128:192].view(n, 2, 32), [0, 2, 4, 6], 3).reshape(n, 8, 32)
     q = ((low4 | (high2 << 4)).float() - 32).reshape(n, 16, 16)
-    scale = _f16(b, 208) * b[:, 192:208].contiguous().view(torch.int8).float()  # (n, 16)
+    scale = _f16(b, 208) * b[:, 192:208].to(torch.int8).float()  # (n, 16)
     return (scale.unsqueeze(-1) * q).reshape(n, QK_K)
 
 

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sd3.quant.ggml import BLOCK_TYPES, dequantize_blocks
+from sd3.quant import fused
+from sd3.quant.ggml import BLOCK_TYPES
 
 # safetensors dtype name -> torch dtype of the fp8 formats.
 FP8 = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
@@ -32,14 +33,10 @@ def dequantize(qtype: str, stored: torch.Tensor, shape: tuple[int, ...], scale: 
     """Stored values -> a `dtype` tensor of `shape`.
 
     fp8: values · scale when the file has a scale (one per tensor, or one per output row), the
-    product taken in float32; GGML blocks: ggml.py's dequantisers, in float32, then cast.
+    product taken in float32; GGML blocks: ggml.py's dequantisers, in float32, then cast. Compiled
+    into one pass where possible (fused.py), with the same values.
     """
-    if qtype in FP8:
-        if scale is None:
-            return stored.to(dtype)  # exact: every fp8 value is a float16 and a bfloat16 value
-        per_row = scale.reshape(-1, *[1] * (stored.dim() - 1)) if scale.numel() > 1 else scale.reshape(())
-        return (stored.float() * per_row).to(dtype)
-    return dequantize_blocks(stored, qtype, shape).to(dtype)
+    return fused.dequantize(qtype, stored, shape, scale, dtype, fp8=qtype in FP8)
 
 
 @dataclass

@@ -49,3 +49,16 @@ def test_quantised_weights_round_trip_through_gguf(qtype):
     assert np.array_equal(ours, gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qtype]))
     bits = {"Q8_0": 8, "Q5_0": 5, "Q5_1": 5, "Q4_0": 4, "Q4_1": 4}[qtype]
     assert np.abs(ours - weight).max() < 4 * np.abs(weight).max() / 2**bits
+
+
+def test_float16_fields_convert_exactly_for_every_bit_pattern():
+    """ggml's float16 scales, converted with integer operations: all 65,536 patterns as torch converts them."""
+    from sd3.quant.ggml import _f16
+
+    patterns = torch.arange(65536, dtype=torch.int32)
+    blocks = torch.stack([patterns & 0xFF, patterns >> 8], dim=1).to(torch.uint8)  # little-endian bytes
+    got = _f16(blocks, 0).flatten()
+    want = blocks.view(torch.float16).float().flatten()
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(got), nan)
+    assert torch.equal(got[~nan].view(torch.int32), want[~nan].view(torch.int32))  # signed zeros included
