@@ -19,7 +19,7 @@ import logging
 
 import torch
 
-from sd3.quant.ggml import dequantize_blocks
+from sd3.quant.ggml import BLOCK_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -28,29 +28,39 @@ _compiled: dict[str, object] = {}
 _disabled: list[str] = []  # why compiling was given up, once it failed
 
 
-def eager(qtype: str, stored: torch.Tensor, shape: tuple[int, ...], scale: torch.Tensor | None,
-          dtype: torch.dtype, fp8: bool) -> torch.Tensor:
-    """The reference arithmetic: fp8 values (times their scale, in float32) or GGML blocks -> `dtype`."""
+def _values(qtype: str, stored: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype, fp8: bool) -> torch.Tensor:
+    """fp8 values (times their scale, in float32) in their own shape, or GGML blocks as (n, block)
+    values, in `dtype`. No shape argument: a compiled version must not recompile for every layer's."""
     if fp8:
         if scale is None:
             return stored.to(dtype)  # exact: every fp8 value is a float16 and a bfloat16 value
         per_row = scale.reshape(-1, *[1] * (stored.dim() - 1)) if scale.numel() > 1 else scale.reshape(())
         return (stored.float() * per_row).to(dtype)
-    return dequantize_blocks(stored, qtype, shape).to(dtype)
+    _, size, blocks = BLOCK_TYPES[qtype]
+    return blocks(stored.reshape(-1, size)).to(dtype)
+
+
+def eager(qtype: str, stored: torch.Tensor, shape: tuple[int, ...], scale: torch.Tensor | None,
+          dtype: torch.dtype, fp8: bool) -> torch.Tensor:
+    """The reference arithmetic (ggml.py's and fp8's), uncompiled: a `dtype` tensor of `shape`."""
+    return _values(qtype, stored, scale, dtype, fp8).reshape(shape)
 
 
 def dequantize(qtype: str, stored: torch.Tensor, shape: tuple[int, ...], scale: torch.Tensor | None,
                dtype: torch.dtype, fp8: bool) -> torch.Tensor:
     """`eager`'s values, computed by the compiled kernel for (`qtype`, scaled or not) where it can be."""
-    if _disabled or stored.device.type not in ("cpu", "cuda") or torch.compiler.is_compiling():
+    # A plain fp8 cast is one pass already, and eager's is faster on the CPU (15 against 18 ms for a
+    # 1536 x 6144 weight); every other format gains 2-10x compiled (docs/benchmarks.md).
+    if _disabled or (fp8 and scale is None) or stored.device.type not in ("cpu", "cuda") or torch.compiler.is_compiling():
         return eager(qtype, stored, shape, scale, dtype, fp8)
     key = f"{qtype}:{scale is not None}"
     if key not in _compiled:
-        _compiled[key] = torch.compile(eager, dynamic=True, fullgraph=True)
+        _compiled[key] = torch.compile(_values, dynamic=True, fullgraph=True)
     try:
         # One code object serves every format: allow each (format, dtype) its own compiled variant.
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return _compiled[key](qtype, stored, shape, scale, dtype, fp8)
+            # detach: a plain tensor whether the caller holds a Parameter or not (one variant, no autograd)
+            return _compiled[key](qtype, stored.detach(), scale, dtype, fp8).reshape(shape)
     except Exception as error:  # a missing compiler or an inductor limit: the eager path is exact too
         _disabled.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
         logger.warning("compiled dequantisation unavailable (%s); using the eager path, 3-5x slower per step",
