@@ -29,21 +29,25 @@ _disabled: list[str] = []  # why compiling was given up, once it failed
 
 
 def _values(qtype: str, stored: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype, fp8: bool) -> torch.Tensor:
-    """fp8 values (times their scale, in float32) in their own shape, or GGML blocks as (n, block)
-    values, in `dtype`. No shape argument: a compiled version must not recompile for every layer's."""
+    """fp8 values (times their scale, in float32) in their own shape, or GGML blocks (n, bytes per
+    block) as (n, values per block), in `dtype`. No shape argument, and blocks already cut apart: a
+    compiled version then sees one varying size, n, and keeps its per-block loops static."""
     if fp8:
         if scale is None:
             return stored.to(dtype)  # exact: every fp8 value is a float16 and a bfloat16 value
         per_row = scale.reshape(-1, *[1] * (stored.dim() - 1)) if scale.numel() > 1 else scale.reshape(())
         return (stored.float() * per_row).to(dtype)
-    _, size, blocks = BLOCK_TYPES[qtype]
-    return blocks(stored.reshape(-1, size)).to(dtype)
+    return BLOCK_TYPES[qtype][2](stored).to(dtype)
+
+
+def _blocks(qtype: str, stored: torch.Tensor, fp8: bool) -> torch.Tensor:
+    return stored if fp8 else stored.reshape(-1, BLOCK_TYPES[qtype][1])
 
 
 def eager(qtype: str, stored: torch.Tensor, shape: tuple[int, ...], scale: torch.Tensor | None,
           dtype: torch.dtype, fp8: bool) -> torch.Tensor:
     """The reference arithmetic (ggml.py's and fp8's), uncompiled: a `dtype` tensor of `shape`."""
-    return _values(qtype, stored, scale, dtype, fp8).reshape(shape)
+    return _values(qtype, _blocks(qtype, stored, fp8), scale, dtype, fp8).reshape(shape)
 
 
 def dequantize(qtype: str, stored: torch.Tensor, shape: tuple[int, ...], scale: torch.Tensor | None,
@@ -55,12 +59,13 @@ def dequantize(qtype: str, stored: torch.Tensor, shape: tuple[int, ...], scale: 
         return eager(qtype, stored, shape, scale, dtype, fp8)
     key = f"{qtype}:{scale is not None}"
     if key not in _compiled:
-        _compiled[key] = torch.compile(_values, dynamic=True, fullgraph=True)
+        # Automatic dynamic shapes: static for the first size, then the block count n symbolic.
+        _compiled[key] = torch.compile(_values, fullgraph=True)
     try:
         # One code object serves every format: allow each (format, dtype) its own compiled variant.
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
             # detach: a plain tensor whether the caller holds a Parameter or not (one variant, no autograd)
-            return _compiled[key](qtype, stored.detach(), scale, dtype, fp8).reshape(shape)
+            return _compiled[key](qtype, _blocks(qtype, stored.detach(), fp8), scale, dtype, fp8).reshape(shape)
     except Exception as error:  # a missing compiler or an inductor limit: the eager path is exact too
         _disabled.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
         logger.warning("compiled dequantisation unavailable (%s); using the eager path, 3-5x slower per step",

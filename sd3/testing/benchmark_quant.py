@@ -68,6 +68,8 @@ def measure_quant(spec: dict, files, cache: Path) -> dict:
     out = {"file_bytes": path.stat().st_size, "state_bytes": state_bytes(model), "load_s": load_s,
            "rss_loaded_bytes": rss_loaded, "rss_steps_bytes": peak_rss_bytes(), "step_s": statistics.median(times[1:])}
     del model
+    if not spec.get("image", True):
+        return out
     noise = torch.randn(1, 16, res // 8, res // 8, generator=torch.Generator().manual_seed(1))
     pipe = StableDiffusion3(dataclasses.replace(files, checkpoint=path), dtype=dtype,
                             device="cpu", keep="stage")
@@ -79,8 +81,8 @@ def measure_quant(spec: dict, files, cache: Path) -> dict:
 
 def agreement(results: list[dict]) -> list[dict]:
     """Each format against bfloat16: max |Δ| of the final latents, PSNR of the decoded 8-bit images."""
-    reference = np.load(next(r for r in results if r["format"] == "bfloat16")["sample"])
-    for r in results:
+    reference = np.load(next(r for r in results if r["format"] == "bfloat16" and "sample" in r)["sample"])
+    for r in (r for r in results if "sample" in r):
         sample = np.load(r["sample"])
         r["max_abs_latents"] = float(np.abs(sample["latents"] - reference["latents"]).max())
         mse = float(np.mean((sample["image"].astype(np.float64) - reference["image"].astype(np.float64)) ** 2))
@@ -89,12 +91,14 @@ def agreement(results: list[dict]) -> list[dict]:
 
 
 def quant_table(results: list[dict]) -> str:
-    gib, base = 2**30, next(r for r in results if r["format"] == "bfloat16")
-    lines = [f"{'MMDiT file (bfloat16 compute)':<20} {'file':>8} {'weights':>8} {'RSS load':>9} {'RSS steps':>10} "
-             f"{'step':>7} {'vs bf16':>8} {'max|Δ| latents':>15} {'PSNR':>9}"]
+    gib = 2**30
+    base = {r["res"]: r for r in results if r["format"] == "bfloat16"}
+    lines = [f"{'MMDiT file (bfloat16 compute)':<20} {'size':>5} {'file':>8} {'weights':>8} {'RSS load':>9} "
+             f"{'RSS steps':>10} {'step':>7} {'vs bf16':>8} {'max|Δ| latents':>15} {'PSNR':>9}"]
     for r in results:
-        psnr = "identical" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.1f} dB"
-        lines.append(f"{r['format']:<20} {r['file_bytes'] / gib:>7.2f}G {r['state_bytes'] / gib:>7.2f}G "
+        psnr = "—" if "psnr_db" not in r else "identical" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.1f} dB"
+        delta = f"{r['max_abs_latents']:>15.4f}" if "max_abs_latents" in r else f"{'—':>15}"
+        lines.append(f"{r['format']:<20} {r['res']:>5} {r['file_bytes'] / gib:>7.2f}G {r['state_bytes'] / gib:>7.2f}G "
                      f"{r['rss_loaded_bytes'] / gib:>8.2f}G {r['rss_steps_bytes'] / gib:>9.2f}G {r['step_s']:>6.2f}s "
-                     f"{r['step_s'] / base['step_s']:>7.2f}× {r['max_abs_latents']:>15.4f} {psnr:>9}")
+                     f"{r['step_s'] / base[r['res']]['step_s']:>7.2f}× {delta} {psnr:>9}")
     return "\n".join(lines)
