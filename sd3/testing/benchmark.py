@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from sd3.testing.benchmark_peers import peer_available, peers_plan, peers_table, run_peer
 from sd3.testing.benchmark_previews import measure_previews, preview_plan, previews_table
 from sd3.testing.benchmark_quant import FORMATS, agreement, measure_quant, quant_files, quant_table
 from sd3.testing.benchmark_workers import measure
@@ -162,9 +163,10 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time our MMDiT under torch.compile")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "sd3-from-scratch" / "audit"))
     parser.add_argument("--out", default="benchmark.json")
-    parser.add_argument("--only", choices=("compare", "residency", "throughput", "quant", "previews"),
+    parser.add_argument("--only", choices=("compare", "residency", "throughput", "quant", "previews", "peers"),
                         help="run one part: ours against diffusers, residency, a 16-prompt list's throughput, "
-                             "low-precision MMDiT files, or step previews and TAESD3")
+                             "low-precision MMDiT files, step previews and TAESD3, or stable-diffusion.cpp side by side")
+    parser.add_argument("--sd-cli", help="with --only peers: a stable-diffusion.cpp `sd` binary instead of its Python package")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -182,10 +184,14 @@ def main(argv=None) -> int:
     throughput = throughput_plan(args.quick, args.tiny) if args.only in (None, "throughput") else []
     quantised = quant_plan(args.quick, args.tiny) if args.only in (None, "quant") else []
     watched = preview_plan(args.quick, args.tiny) if args.only in (None, "previews") else []
-    for variant in {s["variant"] for s in specs + residency + throughput + quantised + watched}:
+    peers = peers_plan(args.quick, args.tiny) if args.only == "peers" else []  # never by default: it builds C++
+    if peers and peer_available(args.sd_cli):
+        print(peer_available(args.sd_cli), file=sys.stderr)
+        peers = []
+    for variant in {s["variant"] for s in specs + residency + throughput + quantised + watched + peers}:
         files = files_for(variant, Path(args.cache_dir))  # write the caches before anything is timed
-        if quantised:
-            quant_files(files, Path(files.checkpoint).parent)
+        if quantised or peers:
+            quant_paths = quant_files(files, Path(files.checkpoint).parent)
     results = []
     for index, spec in enumerate(specs):
         for impl in ("ours", "diffusers") if index % 2 == 0 else ("diffusers", "ours"):  # neither always first
@@ -207,6 +213,10 @@ def main(argv=None) -> int:
         low.append(run_worker(spec, args.cache_dir))
         print(f"  measured {spec['format']}", file=sys.stderr, flush=True)
     low = agreement(low) if low else low
+    compared = []
+    for spec in peers:
+        compared.append(run_peer(spec, files, quant_paths, torch.get_num_threads(), args.sd_cli))
+        print(f"  measured peers {spec['format']} {spec['res']} {spec['impl']}", file=sys.stderr, flush=True)
     previews = []
     for spec in watched:
         previews.append(run_worker(spec, args.cache_dir))
@@ -224,8 +234,10 @@ def main(argv=None) -> int:
         print("\n" + quant_table(low))
     if previews:
         print("\n" + previews_table(previews))
+    if compared:
+        print("\n" + peers_table(compared))
     Path(args.out).write_text(json.dumps({"machine": machine, "results": results, "residency": resident,
-                                          "throughput": listed, "quant": low, "previews": previews,
+                                          "throughput": listed, "quant": low, "previews": previews, "peers": compared,
                                           "table": [dict(zip(("what", "ours", "diffusers", "unit"), r)) for r in out]}, indent=2))
     print(f"\nwrote {args.out}")
     return 0
