@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from sd3.testing.benchmark_peers import peer_available, peers_plan, peers_table, run_peer
+from sd3.testing import benchmark_peers
+from sd3.testing.benchmark_peers import peers_plan, peers_table, run_peer
 from sd3.testing.benchmark_previews import measure_previews, preview_plan, previews_table
 from sd3.testing.benchmark_quant import FORMATS, agreement, measure_quant, quant_files, quant_table
 from sd3.testing.benchmark_workers import measure
@@ -184,9 +185,13 @@ def main(argv=None) -> int:
     throughput = throughput_plan(args.quick, args.tiny) if args.only in (None, "throughput") else []
     quantised = quant_plan(args.quick, args.tiny) if args.only in (None, "quant") else []
     watched = preview_plan(args.quick, args.tiny) if args.only in (None, "previews") else []
-    peers = peers_plan(args.quick, args.tiny) if args.only == "peers" else []  # never by default: it builds C++
-    if peers and peer_available(args.sd_cli):
-        print(peer_available(args.sd_cli), file=sys.stderr)
+    peers = peers_plan(args.quick) if args.only == "peers" else []  # never by default: it builds C++
+    if peers and benchmark_peers.peer_available(args.sd_cli):
+        print(benchmark_peers.peer_available(args.sd_cli), file=sys.stderr)
+        peers = []
+    elif peers and args.tiny:  # stable-diffusion.cpp only knows the real architectures
+        print("--only peers needs the real-size files (stable-diffusion.cpp cannot load the tiny architecture): "
+              "peers skipped", file=sys.stderr)
         peers = []
     for variant in {s["variant"] for s in specs + residency + throughput + quantised + watched + peers}:
         files = files_for(variant, Path(args.cache_dir))  # write the caches before anything is timed

@@ -34,11 +34,10 @@ _PROMPT = "a photo of a red fox in the snow"
 STEPS = (1, 4)
 
 
-def peers_plan(quick: bool, tiny: bool) -> list[dict]:
-    sizes = (256,) if quick or tiny else (256, 512)
-    variant = "tiny" if tiny else "3.5-medium"
-    return [{"task": "peers", "variant": variant, "format": f, "res": res, "impl": impl}
-            for res in sizes for f in FORMATS for impl in ("ours", "sd.cpp")]
+def peers_plan(quick: bool) -> list[dict]:
+    """SD3.5-medium's real-size files (stable-diffusion.cpp cannot load the tiny architecture)."""
+    return [{"task": "peers", "variant": "3.5-medium", "format": f, "res": res, "impl": impl}
+            for res in ((256,) if quick else (256, 512)) for f in FORMATS for impl in ("ours", "sd.cpp")]
 
 
 def peer_available(sd_cli: str | None) -> str | None:

@@ -9,6 +9,9 @@ def test_without_the_package_peers_are_skipped_in_one_line(monkeypatch, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ['stable-diffusion.cpp is not installed (pip install -e ".[bench]", or --sd-cli PATH): peers skipped']
     assert benchmark_peers.peer_available(str(tmp_path / "sd")) == f"--sd-cli {tmp_path / 'sd'}: no such file"
+    monkeypatch.setattr(benchmark_peers, "peer_available", lambda sd_cli: None)  # installed, but tiny files
+    assert benchmark.main(["--only", "peers", "--tiny", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "b.json")]) == 0
+    assert "cannot load the tiny architecture): peers skipped" in capsys.readouterr().err
 
 
 def test_the_table_pairs_the_implementations_and_names_the_threads():
