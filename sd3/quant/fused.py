@@ -23,8 +23,10 @@ from sd3.quant.ggml import BLOCK_TYPES
 
 logger = logging.getLogger(__name__)
 
-RECOMPILE_LIMIT = 64  # formats (12) x compute dtypes (3), with room
-_compiled: dict[str, object] = {}
+RECOMPILE_LIMIT = 128  # formats (12) x compute dtypes (3) x static and dynamic variants, with room
+# torch before 2.6 calls the limit `cache_size_limit`.
+_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+_compiled = None
 _disabled: list[str] = []  # why compiling was given up, once it failed
 
 
@@ -57,17 +59,17 @@ def dequantize(qtype: str, stored: torch.Tensor, shape: tuple[int, ...], scale: 
     # 1536 x 6144 weight); every other format gains 2-10x compiled (docs/benchmarks.md).
     if _disabled or (fp8 and scale is None) or stored.device.type not in ("cpu", "cuda") or torch.compiler.is_compiling():
         return eager(qtype, stored, shape, scale, dtype, fp8)
-    key = f"{qtype}:{scale is not None}"
-    if key not in _compiled:
+    global _compiled
+    if _compiled is None:
         # Automatic dynamic shapes: static for the first size, then the block count n symbolic.
-        _compiled[key] = torch.compile(_values, fullgraph=True)
+        _compiled = torch.compile(_values, fullgraph=True)
     try:
         # One code object serves every format: allow each (format, dtype) its own compiled variant.
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        with torch._dynamo.config.patch(**{_LIMIT: RECOMPILE_LIMIT}):
             # detach: a plain tensor whether the caller holds a Parameter or not (one variant, no autograd)
-            return _compiled[key](qtype, _blocks(qtype, stored.detach(), fp8), scale, dtype, fp8).reshape(shape)
+            return _compiled(qtype, _blocks(qtype, stored.detach(), fp8), scale, dtype, fp8).reshape(shape)
     except Exception as error:  # a missing compiler or an inductor limit: the eager path is exact too
         _disabled.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-        logger.warning("compiled dequantisation unavailable (%s); using the eager path, 3-5x slower per step",
+        logger.warning("compiled dequantisation unavailable (%s); using the eager path (a step 2-7x slower on a CPU)",
                        _disabled[0])
         return eager(qtype, stored, shape, scale, dtype, fp8)
