@@ -45,6 +45,11 @@ CONTROL_TYPES = {0: "blur", 1: "canny", 2: "depth"}  # Stability's `control_type
 _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
 
 
+def control_image_type(control_type: torch.Tensor) -> str:
+    """Stability's one-number `control_type` tensor -> "blur", "canny", "depth" (or "unknown")."""
+    return CONTROL_TYPES.get(int(control_type.flatten()[0]), "unknown")
+
+
 @dataclass(frozen=True)
 class ControlNetConfig:
     """What a ControlNet file holds, in our names (mmdit/controlnet_loading.py renames diffusers')."""
@@ -150,7 +155,7 @@ class ControlNet(nn.Module):
         """"blur", "canny" or "depth" for Stability's files (their `control_type` tensor), else None."""
         if not self.config.has_control_type:
             return None
-        return CONTROL_TYPES.get(int(self.get_buffer("control_type").flatten()[0]), "unknown")
+        return control_image_type(self.get_buffer("control_type"))
 
     def forward(
         self,

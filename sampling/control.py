@@ -34,7 +34,7 @@ from torch import nn
 
 from sd3.errors import ConfigurationError
 from sd3.checkpoint import open_checkpoint
-from sd3.mmdit.controlnet import CONTROL_TYPES, ControlNetConfig
+from sd3.mmdit.controlnet import ControlNetConfig, control_image_type
 from sd3.sampling import img2img
 
 logger = logging.getLogger(__name__)
@@ -126,8 +126,7 @@ def check_inputs(controls: Sequence[ControlInput] | None, architecture) -> list[
         except ConfigurationError as error:
             raise ConfigurationError(f"`controlnet` {path.name}: {error}") from None
         with open_checkpoint(path) as checkpoint:  # and Stability's one-number `control_type`
-            kind = CONTROL_TYPES.get(int(checkpoint.tensor("control_type").flatten()[0]), "unknown") \
-                if "control_type" in checkpoint else None
+            kind = control_image_type(checkpoint.tensor("control_type")) if "control_type" in checkpoint else None
         image = img2img.open_image(control.image, "control_image")
         if net.config.inpainting != (control.mask is not None):
             raise ConfigurationError(
@@ -239,7 +238,7 @@ class ActiveControl:
     """A ControlNet ready for the sampler: the loaded net, its control latent for the CFG batch, its window."""
 
     net: nn.Module
-    latent: torch.Tensor  # (rows of the model's batch, 16, h, w)
+    latent: torch.Tensor  # (rows of the model's batch, 16 or 17, h, w), on the model's device
     input: ControlInput
 
 
@@ -251,7 +250,6 @@ def residuals(controls: Sequence[ActiveControl], x: torch.Tensor, t: torch.Tenso
     for control in controls:
         if not control.input.active(step, steps):
             continue
-        cond = control.latent[: x.shape[0]].to(x.device)
-        out = [control.input.scale * r for r in control.net(x, t, y, context, cond, base)]
+        out = [control.input.scale * r for r in control.net(x, t, y, context, control.latent, base)]
         total = out if total is None else [a + b for a, b in zip(total, out)]
     return total

@@ -275,7 +275,8 @@ class StableDiffusion3:
             for first in batches:
                 part = slice(first, first + options.batch_size)
                 guided = options.cfg != 1.0 or ref.uncond_at_cfg_one
-                active = [control.ActiveControl(nets[c.name], control.rows(latent, n, part, guided), c) for c, latent in controls]
+                active = [control.ActiveControl(nets[c.name], control.rows(latent, n, part, guided).to(self.device), c)
+                          for c, latent in controls]
                 velocity = GuidedVelocity(
                     models["mmdit"], conditioning.rows(part).to(self.device), cfg=options.cfg, slg=options.slg,
                     steps=options.steps, uncond_first=ref.uncond_first, uncond_at_cfg_one=ref.uncond_at_cfg_one,
