@@ -11,6 +11,10 @@ The references discretise it differently
 - diffusers: shift(linspace(1, shift(1/1000), N)) in float64, then 0 (the smallest training sigma is
   shifted twice); FlowMatchEulerDiscreteScheduler.set_timesteps.
 - stability: the same values computed in float32; sd3_impls.py `ModelSamplingDiscreteFlow`.
+
+ComfyUI's schedulers (simple, normal, sgm_uniform, karras, ...) are named here too; they pick from
+its table of 1000 training σs (sampling/comfyui_schedules.py). Any of the twelve names is a
+`scheduler`, whatever the reference.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 
 from sd3.errors import ConfigurationError
+from sd3.sampling.comfyui_schedules import SCHEDULERS as COMFYUI_SCHEDULERS
 
 TRAINING_TIMESTEPS = 1000
 
@@ -52,17 +57,18 @@ def stability_sigmas(steps: int, shift: float) -> torch.Tensor:
     return torch.cat([time_snr_shift(shift, timesteps), torch.zeros(1)])
 
 
-SCHEDULES = {"candle": candle_sigmas, "diffusers": diffusers_sigmas, "stability": stability_sigmas}
+SCHEDULES = {"candle": candle_sigmas, "diffusers": diffusers_sigmas, "stability": stability_sigmas, **COMFYUI_SCHEDULERS}
 
 
 def sigmas(schedule: str, steps: int, shift: float = 3.0) -> torch.Tensor:
-    """The N + 1 sigmas (float32, from 1 down to 0) of an N-step schedule."""
+    """The sigmas (float32, from at most 1 down to 0) of an N-step schedule: N + 1 of them, or fewer
+    where ComfyUI's `beta` drops repeats."""
     if steps < 1:
         raise ConfigurationError(f"`steps` must be at least 1, got {steps}")
     if shift <= 0:
         raise ConfigurationError(f"`shift` must be positive, got {shift}")
     if schedule not in SCHEDULES:
-        raise ConfigurationError(f"unknown schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
+        raise ConfigurationError(f"unknown `scheduler` '{schedule}'; choose one of {', '.join(SCHEDULES)}")
     return SCHEDULES[schedule](steps, shift)
 
 

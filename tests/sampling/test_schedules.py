@@ -53,7 +53,7 @@ def test_explicit_sigmas():
 
 
 @pytest.mark.parametrize(
-    "args, message", [(("candle", 0), "at least 1"), (("euler", 4), "unknown schedule"), (("candle", 4, -1.0), "positive")]
+    "args, message", [(("candle", 0), "at least 1"), (("euler", 4), "unknown `scheduler`"), (("candle", 4, -1.0), "positive")]
 )
 def test_schedule_errors(args, message):
     with pytest.raises(ConfigurationError, match=message):
