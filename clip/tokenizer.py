@@ -18,6 +18,12 @@ more than `MAX_T5_TOKENS`: a longer prompt is an error, not an attention matrix 
   each tokenized alone. CLIP keeps only the first 77-token chunk, which closes before a word that
   would cross it unless the word has 8 or more tokens (then the word is cut). T5 reads only the
   prompt's first 226 characters.
+- "comfyui": as ComfyUI's `SDTokenizer.tokenize_with_weights` (comfy/sd1_clip.py) does. The same
+  weight syntax is parsed and its weights kept; each weighted segment is tokenized whole. CLIP fills
+  77-token chunks (BOS, 75, EOS, padding) and keeps them all: a segment that does not fit closes the
+  chunk, unless it has 8 or more tokens, when it is cut across chunks. T5 is one row of at least 77,
+  never cut. `weighted()` returns the ids with each token's weight (clip/weighted.py applies them).
+  Bounds: at most MAX_CLIP_CHUNKS chunks and MAX_T5_TOKENS T5 tokens; more is a TextEncodingError.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from sd3.clip.prompt_syntax import words
+from sd3.clip.prompt_syntax import weighted_segments, words
 from sd3.errors import TextEncodingError
 
 logger = logging.getLogger(__name__)
@@ -37,8 +43,10 @@ logger = logging.getLogger(__name__)
 CLIP_LENGTH = 77
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_T5_TOKENS = 1024  # the longest T5 sequence any setting produces, EOS and padding included
-RULES = ("plain", "stability")
-STABILITY_LONG_WORD = 8  # a word of this many tokens may be split across Stability's CLIP chunks
+MAX_CLIP_CHUNKS = 14  # the most 77-token CLIP chunks ComfyUI's rules keep: 1,078 rows, at least 1,024 tokens
+RULES = ("plain", "stability", "comfyui")
+STABILITY_LONG_WORD = 8  # a word of this many tokens may be split across Stability's (and ComfyUI's) CLIP chunks
+EMBEDDING = "embedding:"  # ComfyUI's textual-inversion marker (embeddings are not supported: the name is dropped)
 STABILITY_T5_CHARACTERS = 226  # Stability's `SD3Tokenizer` gives T5 `text[:226]`
 
 
@@ -71,6 +79,26 @@ def _word_by_word(tokenizer: Tokenizer, prompt: str) -> list[list[int]]:
     return [e.ids for e in tokenizer.encode_batch(prompt_words, add_special_tokens=False)] if prompt_words else []
 
 
+def _comfyui_groups(tokenizer: Tokenizer, prompt: str) -> list[tuple[list[int], float]]:
+    """ComfyUI's token groups: each weighted segment's ids, tokenized whole, with its weight.
+
+    A segment is cut before every " embedding:" or newline-"embedding:", as ComfyUI cuts it. An
+    embedding it cannot find is dropped with a warning and the rest of its group read on, as ComfyUI
+    does when the name is not in its embeddings folder; this project loads no embeddings."""
+    groups = []
+    for segment, weight in weighted_segments(prompt):
+        parts = segment.replace("\n" + EMBEDDING, " " + EMBEDDING).split(" " + EMBEDDING)
+        for k, part in enumerate(parts):
+            text = EMBEDDING + part if k else part
+            if text.startswith(EMBEDDING):
+                name, *rest = text[len(EMBEDDING):].strip("\n").split() or [""]
+                logger.warning("textual-inversion embeddings are not supported: dropped %r", EMBEDDING + name)
+                text = " ".join(rest)
+            if text:
+                groups.append((tokenizer.encode(text, add_special_tokens=False).ids, weight))
+    return groups
+
+
 def _as_list(prompts: str | list[str]) -> list[str]:
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -96,8 +124,12 @@ class CLIPTokenizer:
         return token_id
 
     def __call__(self, prompts: str | list[str]) -> torch.Tensor:
-        """A prompt or a list of b prompts -> (b, 77) int64 ids; dropped tokens are logged as a warning."""
+        """A prompt or a list of b prompts -> (b, 77) int64 ids; dropped tokens are logged as a warning.
+
+        Under "comfyui" rules a prompt makes several chunks: use `weighted()`."""
         prompts = _as_list(prompts)
+        if self.rules == "comfyui":
+            raise TextEncodingError("under ComfyUI's rules a prompt makes one or more chunks: call weighted()")
         rows = []
         for prompt in prompts:
             ids, total = self._prompt_ids(prompt)
@@ -108,6 +140,38 @@ class CLIPTokenizer:
             row = [self.bos_id, *ids, self.eos_id]
             rows.append(row + [self.pad_id] * (CLIP_LENGTH - len(row)))
         return torch.tensor(rows, dtype=torch.long)
+
+    def weighted(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt -> ids (k, 77) int64 and weights (k, 77) float32: its k chunks under ComfyUI's rules
+        (`rules="comfyui"`; under the others, one chunk with weights 1). BOS, EOS and padding weigh 1.
+
+        Raises TextEncodingError for more than MAX_CLIP_CHUNKS chunks."""
+        if self.rules != "comfyui":
+            ids = self([prompt])
+            return ids, torch.ones(ids.shape)
+        chunk, chunks = [(self.bos_id, 1.0)], []
+        chunks.append(chunk)
+        for ids, weight in _comfyui_groups(self.tokenizer, prompt):
+            group, long = [(i, weight) for i in ids], len(ids) >= STABILITY_LONG_WORD
+            while group:
+                room = CLIP_LENGTH - 1 - len(chunk)
+                if len(group) <= room:
+                    chunk += group
+                    break
+                if long:  # a long segment fills the chunk; its rest goes on in the next
+                    chunk += group[:room]
+                    group = group[room:]
+                chunk += [(self.eos_id, 1.0)] + [(self.pad_id, 1.0)] * (CLIP_LENGTH - 1 - len(chunk))
+                chunk = [(self.bos_id, 1.0)]
+                chunks.append(chunk)
+        chunk += [(self.eos_id, 1.0)] + [(self.pad_id, 1.0)] * (CLIP_LENGTH - 1 - len(chunk))
+        if len(chunks) > MAX_CLIP_CHUNKS:
+            raise TextEncodingError(
+                f"the prompt makes {len(chunks)} CLIP chunks of {CLIP_LENGTH} tokens, more than the {MAX_CLIP_CHUNKS} "
+                f"this project bounds ComfyUI's rules to; shorten it: {prompt[:60]!r}"
+            )
+        return (torch.tensor([[i for i, _ in c] for c in chunks], dtype=torch.long),
+                torch.tensor([[w for _, w in c] for c in chunks], dtype=torch.float32))
 
     def _prompt_ids(self, prompt: str) -> tuple[list[int], int]:
         """(the ids between BOS and EOS, the prompt's token count)."""
@@ -152,10 +216,22 @@ class T5Tokenizer:
     def _prompt_ids(self, prompt: str) -> list[int]:
         if self.rules == "plain":
             return self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        if self.rules == "comfyui":
+            return [i for ids, _ in _comfyui_groups(self.tokenizer, prompt) for i in ids]
         if len(prompt) > STABILITY_T5_CHARACTERS:
             logger.warning("T5 reads the first %d characters (Stability's rule); dropped the last %d of %d: %r",
                            STABILITY_T5_CHARACTERS, len(prompt) - STABILITY_T5_CHARACTERS, len(prompt), prompt[:60])
         return [i for group in _word_by_word(self.tokenizer, prompt[:STABILITY_T5_CHARACTERS]) for i in group]
+
+    def weighted(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt -> ids (1, n) int64 and weights (1, n) float32, as `__call__` makes the row; each
+        token has its segment's weight under ComfyUI's rules (1 under the others), EOS and padding 1."""
+        ids = self([prompt])
+        weights = torch.ones(ids.shape)
+        if self.rules == "comfyui":
+            per_token = [w for group, w in _comfyui_groups(self.tokenizer, prompt) for _ in group][: ids.shape[1] - 1]
+            weights[0, : len(per_token)] = torch.tensor(per_token, dtype=torch.float32)
+        return ids, weights
 
     def __call__(self, prompts: str | list[str]) -> torch.Tensor:
         """A prompt or a list of b prompts -> (b, n) int64 ids, each row the prompt's tokens, EOS, padding.

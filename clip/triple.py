@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sd3.clip import weighted
 from sd3.clip.t5 import T5Encoder
 from sd3.clip.text_model import CLIPTextModel
 from sd3.clip.tokenizer import CLIPTokenizer, T5Tokenizer
@@ -73,3 +74,9 @@ class TripleTextEncoder:
         context = torch.cat([clip_context, t5_context], dim=-2)
         y = torch.cat([l_pooled.to(dtype), g_pooled.to(dtype)], dim=-1)
         return context, y
+
+    @torch.no_grad()
+    def encode_weighted(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ComfyUI's encoding (clip/weighted.py), for tokenizers with `rules="comfyui"`: prompts (b) ->
+        context (b, L, 4096) zero-padded to the longest prompt, y (b, 2048), lengths (b,) int64."""
+        return weighted.encode(self, list(prompts))

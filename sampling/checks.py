@@ -31,7 +31,7 @@ from sd3.sampling.requests import ImageRequest, image_requests, settings_key
 DEFAULT_STRENGTH = 0.6  # image to image without a `strength` (diffusers' default)
 DECODERS = {"vae": "vae", "taesd3": "taesd"}  # what decodes the final images -> the model that does it
 SETTINGS = ("height", "width", "steps", "cfg", "shift", "seed", "num_images", "batch_size", "slg", "sampler_name",
-            "sigmas", "tile_size")  # what `options()` takes besides `strength`
+            "sigmas", "tile_size", "scheduler", "negative_zero")  # what `options()` takes besides `strength`
 
 
 def options(
@@ -49,6 +49,8 @@ def options(
     sampler_name: str = "euler",
     sigmas: Sequence[float] | None = None,
     tile_size: int | None = None,
+    scheduler: str | None = None,
+    negative_zero: bool = False,
     strength: float | None = None,
 ) -> GenerationOptions:
     """`generate()`'s settings, filled from the variant and checked against this checkpoint.
@@ -62,7 +64,8 @@ def options(
     options = GenerationOptions.resolve(
         pipe.variant, pipe.reference, height=height, width=width, steps=steps, cfg=cfg, shift=shift, seed=seed,
         num_images=num_images, batch_size=batch_size, slg=slg, sampler=sampler_name,
-        sigmas=list(sigmas) if sigmas is not None else None, tile_size=tile_size,
+        sigmas=list(sigmas) if sigmas is not None else None, tile_size=tile_size, scheduler=scheduler,
+        negative_zero=negative_zero,
     )
     limit = pipe.mmdit_config.max_image_size  # the checkpoint's position table
     for name, side in (("height", options.height), ("width", options.width)):
@@ -139,7 +142,7 @@ def work(pipe, requests: list[ImageRequest], settings: dict, *, edit: run.Edit |
         if settings_key(request) not in options:
             options[settings_key(request)] = request_options(pipe, request, settings, edit)
     if conditioning is None:
-        check_t5_lengths(pipe, requests)
+        check_text_lengths(pipe, requests)
     control_lib.check_sizes(control, sorted({(o.height, o.width) for o in options.values()}),
                             sorted({o.steps for o in options.values()}))
     batches = run.batches(requests, lambda request: options[settings_key(request)], settings.get("batch_size", 1))
@@ -157,12 +160,16 @@ def controls(pipe, control, settings: dict) -> list[control_lib.ControlInput]:
     return checked
 
 
-def check_t5_lengths(pipe, requests: list[ImageRequest]) -> None:
-    """Untruncated T5 (`Reference.t5_truncate` False) refuses a prompt longer than MAX_T5_TOKENS:
-    tokenize every text now (milliseconds), so that the refusal comes before any model loads."""
-    tokenizer = pipe.components.tokenizers()["t5"]
-    if tokenizer is not None and not tokenizer.truncate:
-        tokenizer(sorted({text for r in requests for text in (r.prompt, r.negative_prompt)}))
+def check_text_lengths(pipe, requests: list[ImageRequest]) -> None:
+    """Untruncated T5 (`Reference.t5_truncate` False) refuses a prompt longer than MAX_T5_TOKENS, and
+    ComfyUI's rules one of more than MAX_CLIP_CHUNKS CLIP chunks: tokenize every text now
+    (milliseconds), so that the refusal comes before any model loads."""
+    tokenizers, texts = pipe.components.tokenizers(), sorted({t for r in requests for t in (r.prompt, r.negative_prompt)})
+    if tokenizers["t5"] is not None and not tokenizers["t5"].truncate:
+        tokenizers["t5"](texts)
+    if pipe.reference.prompt_rules == "comfyui":
+        for text in texts:
+            tokenizers["clip_l"].weighted(text)
 
 
 def check(pipe, prompts, negative_prompts=None, *, latents=None, init_image=None, strength=None, mask=None,

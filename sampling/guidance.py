@@ -9,7 +9,7 @@ v += scale * (v_cond - v_cond_skipped).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -46,6 +46,9 @@ class GuidedVelocity:
         controls: ControlNets (sampling/control.py) whose residuals the guided passes get; the
             skip-layer pass runs without them, as Stability's `SkipLayerCFGDenoiser` does.
         controls_after_last_block: whether the MMDiT's last block gets a residual (`MMDiT.forward`).
+
+    Rows whose contexts differ in length (`Conditioning.lengths`) go to the model in one call per
+    length, each at its own length, as ComfyUI runs conditionings of different shapes apart.
     """
 
     def __init__(
@@ -71,26 +74,59 @@ class GuidedVelocity:
             pairs = [(b, a) for a, b in pairs]
         self.batch_context = torch.cat(pairs[0])
         self.batch_y = torch.cat(pairs[1])
+        lengths = None
+        if cond.lengths is not None:
+            lengths = torch.cat([cond.negative_lengths, cond.lengths] if uncond_first else [cond.lengths, cond.negative_lengths])
+        self.batch_lengths = _groups(lengths, self.batch_context.shape[1])
+        self.cond_lengths = _groups(cond.lengths, cond.context.shape[1])
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
         """x (b, 16, h, w) float32, sigma a 0-d float32 tensor -> v (b, 16, h, w) float32."""
         t = (sigma * 1000).to(x.device)
         if not self.guided:
-            v_cond = self._model(x, t, self.cond.y, self.cond.context, step).float()
+            v_cond = self._model(x, t, self.cond.y, self.cond.context, step, self.cond_lengths).float()
             v = v_cond
         else:
-            both = self._model(torch.cat([x, x]), t, self.batch_y, self.batch_context, step).float()
+            both = self._model(torch.cat([x, x]), t, self.batch_y, self.batch_context, step, self.batch_lengths).float()
             first, second = both.chunk(2)
             v_uncond, v_cond = (first, second) if self.uncond_first else (second, first)
             v = v_uncond + self.cfg * (v_cond - v_uncond)
         if self.slg is not None and self.slg.active(step, self.steps):
-            v_skip = self.model(x, t, self.cond.y, self.cond.context, skip_layers=self.slg.layers).float()
+            v_skip = self._model(x, t, self.cond.y, self.cond.context, step, self.cond_lengths,
+                                 skip_layers=self.slg.layers).float()
             v = v + self.slg.scale * (v_cond - v_skip)
         return v
 
-    def _model(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, context: torch.Tensor, step: int) -> torch.Tensor:
-        """One MMDiT call, with the residuals of the ControlNets active at `step`."""
-        if not self.controls:
+    def _model(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, context: torch.Tensor, step: int,
+               groups: list[tuple[torch.Tensor | None, int]], skip_layers: Sequence[int] = ()) -> torch.Tensor:
+        """The MMDiT on every row, one call per context length (`_groups`), with the residuals of the
+        ControlNets active at `step` (none for a skip-layer pass, as Stability's `SkipLayerCFGDenoiser`)."""
+        out = None
+        for rows, length in groups:
+            pick = (lambda a: a) if rows is None else (lambda a: a[rows.to(a.device)])
+            controls = [] if skip_layers else [c if rows is None else replace(c, latent=pick(c.latent)) for c in self.controls]
+            part = self._call(pick(x), t, pick(y), pick(context)[:, :length], step, controls, skip_layers)
+            if rows is None:
+                return part
+            out = part.new_empty((x.shape[0], *part.shape[1:])) if out is None else out
+            out[rows.to(out.device)] = part
+        return out
+
+    def _call(self, x, t, y, context, step, controls, skip_layers) -> torch.Tensor:
+        if skip_layers:
+            return self.model(x, t, y, context, skip_layers=skip_layers)
+        if not controls:
             return self.model(x, t, y, context)
-        extra = residuals(self.controls, x, t.expand(x.shape[0]), y, context, self.model, step, self.steps)
+        extra = residuals(controls, x, t.expand(x.shape[0]), y, context, self.model, step, self.steps)
         return self.model(x, t, y, context, controls=extra, controls_after_last_block=self.controls_after_last_block)
+
+
+def _groups(lengths: torch.Tensor | None, full: int) -> list[tuple[torch.Tensor | None, int]]:
+    """[(row indices, context length)]: one group per length in first-seen order, or [(None, l)] when
+    every row has one length l (all rows in one call)."""
+    if lengths is None:
+        return [(None, full)]
+    distinct = list(dict.fromkeys(lengths.tolist()))
+    if len(distinct) == 1:
+        return [(None, distinct[0])]
+    return [(torch.nonzero(lengths == n).flatten(), n) for n in distinct]

@@ -36,6 +36,8 @@ class GenerationOptions:
     sampler: str
     schedule: torch.Tensor = field(repr=False)  # (steps + 1,) sigmas ending at 0
     tile_size: int | None = None
+    scheduler: str | None = None  # the schedule's name when the caller chose one (else the reference's)
+    negative_zero: bool = False  # zero the negative conditioning, as ComfyUI's ConditioningZeroOut
 
     @property
     def steps(self) -> int:
@@ -59,10 +61,14 @@ class GenerationOptions:
         sampler: str,
         sigmas: list[float] | None,
         tile_size: int | None,
+        scheduler: str | None = None,
+        negative_zero: bool = False,
     ) -> GenerationOptions:
         """Fill defaults from `variant` (None: a pipeline built from files alone) and check everything.
 
         `slg`: None or False for none, True for the variant's settings, or explicit settings.
+        `scheduler`: a schedule by name (sampling/schedules.py: the references' and ComfyUI's), in
+        place of the reference's; `sigmas` overrides both.
         """
         source = f"variant {variant.which}" if variant else "a pipeline without a variant"
         if steps is None and sigmas is None:
@@ -89,21 +95,31 @@ class GenerationOptions:
             if value < 1:
                 raise ConfigurationError(f"`{name}` must be at least 1, got {value}")
         sampler_function(sampler)  # an unknown name is refused there
+        if not isinstance(negative_zero, bool):
+            raise ConfigurationError(f"`negative_zero` must be True or False, got {negative_zero!r}")
+        if scheduler is not None and sigmas is not None:
+            raise ConfigurationError("give `scheduler` or explicit `sigmas`, not both")
         check_tile_size(tile_size)
         # steps, shift and explicit sigmas are checked where the schedule is made (sampling/schedules.py)
-        schedule = explicit_sigmas(sigmas) if sigmas is not None else schedule_sigmas(reference.schedule, steps, shift)
+        schedule = (explicit_sigmas(sigmas) if sigmas is not None
+                    else schedule_sigmas(scheduler or reference.schedule, steps, shift))
         return cls(
             height=height, width=width, cfg=cfg, shift=shift, seed=seed, num_images=num_images,
             batch_size=batch_size, slg=slg, sampler=sampler, schedule=schedule, tile_size=tile_size,
+            scheduler=scheduler, negative_zero=negative_zero,
         )
 
     def describe(self) -> dict:
         """The settings that make an image what it is, as JSON values: a manifest line's and a PNG's
-        `settings` (height, width, steps, cfg, shift, sampler, slg)."""
+        `settings` (height, width, steps, cfg, shift, sampler, slg; and scheduler and negative_zero
+        when chosen, so that manifests written before they existed still match)."""
         slg = None if self.slg is None else {"scale": self.slg.scale, "start": self.slg.start, "end": self.slg.end,
                                              "layers": list(self.slg.layers)}
+        chosen = {"scheduler": self.scheduler} if self.scheduler is not None else {}
+        if self.negative_zero:
+            chosen["negative_zero"] = True
         return {"height": self.height, "width": self.width, "steps": self.steps, "cfg": self.cfg, "shift": self.shift,
-                "sampler": self.sampler, "slg": slg}
+                "sampler": self.sampler, "slg": slg, **chosen}
 
 
 def check_tile_size(tile_size: int | None) -> None:

@@ -98,7 +98,7 @@ class StableDiffusion3:
         self.memory = memory.StageMemory(files, self.dtype, self.device, self.reference, self.mmdit_config.hidden_size)
         self.lifecycle = ModelLifecycle(
             self.models, self.memory, self.keep, self.components.loaders(self.device), {"mmdit": torch.compile} if compile else {},
-            context_tokens=77 + (0 if files.t5xxl is None else self.reference.t5_rows),
+            context_tokens=self.reference.clip_rows + (0 if files.t5xxl is None else self.reference.t5_rows),
             stages={**STAGES, "decode": replace(STAGES["decode"], models=(checks.DECODERS[decoder],))},
         )
 
@@ -189,7 +189,8 @@ class StableDiffusion3:
         context (n, 77 + T5 length, 4096) and y (n, 2048) for each, in the pipeline's dtype and device.
 
         All 2n texts go through the encoders in one batch, prompts first (sampling/run.py says why
-        that is fixed). Without T5 its rows are zeros."""
+        that is fixed). Without T5 its rows are zeros. Under ComfyUI's rules (`Reference.prompt_rules`)
+        each text is encoded alone, weighted, and its context length kept (clip/weighted.py)."""
         prompts, negative_prompts = prompt_lists(prompts, negative_prompts)
         tokenizers = self.components.tokenizers()
         with self.lifecycle.stage("encode") as models:
@@ -198,9 +199,12 @@ class StableDiffusion3:
                 models.get("t5"), tokenizers["t5"], t5_length=self.reference.t5_length,
                 context_dim=self.mmdit_config.context_dim,
             )
-            context, y = encoder.encode(prompts + negative_prompts)
-        n = len(prompts)
-        return Conditioning(context[:n], y[:n], context[n:], y[n:])
+            if self.reference.prompt_rules == "comfyui":
+                context, y, lengths = encoder.encode_weighted(prompts + negative_prompts)
+            else:
+                (context, y), lengths = encoder.encode(prompts + negative_prompts), None
+        n, rows = len(prompts), [None, None] if lengths is None else [lengths[: len(prompts)], lengths[len(prompts) :]]
+        return Conditioning(context[:n], y[:n], context[n:], y[n:], *rows)
 
     def encode_image(self, image: ImageLike, seeds: list[int], *, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image to image's start: the image, resized to height x width, through the VAE encoder.
@@ -319,10 +323,10 @@ class StableDiffusion3:
             for first in range(0, latents.shape[0], batch_size):
                 part = latents[first : first + batch_size].to(self.device)
                 if self.decoder == "taesd3":  # model-space latents straight in (vae/taesd.py)
-                    images += vae_lib.to_pil(models["taesd"].decode(part))
+                    decoded = models["taesd"].decode(part)
                 else:
-                    images += vae_lib.to_pil(vae_lib.decode_latents(models["vae"], part, tile_size=tile_size,
-                                                                    shift=vae_shift))
+                    decoded = vae_lib.decode_latents(models["vae"], part, tile_size=tile_size, shift=vae_shift)
+                images += vae_lib.to_pil(decoded, self.reference.pixel_rounding)
         return images
 
     # -- the whole call --------------------------------------------------------------------------
@@ -342,6 +346,8 @@ class StableDiffusion3:
         slg: SkipLayerGuidanceConfig | bool | None = None,
         sampler_name: str = "euler",
         sigmas: Sequence[float] | None = None,
+        scheduler: str | None = None,
+        negative_zero: bool = False,
         latents: torch.Tensor | None = None,
         tile_size: int | None = None,
         on_step: StepCallback | None = None,
@@ -361,6 +367,10 @@ class StableDiffusion3:
             slg: skip-layer guidance: True for the variant's settings, or explicit settings.
             sampler_name: "euler" (Candle, diffusers) or "dpmpp_2m" (Stability).
             sigmas: an explicit schedule, from at most 1 down to 0 (overrides steps and shift).
+            scheduler: the schedule by name instead of the reference's: "candle", "diffusers",
+                "stability" or ComfyUI's ("simple", "normal", "sgm_uniform", "karras", "beta", ...).
+            negative_zero: zero the negative conditioning (context and pooled), as ComfyUI's
+                `ConditioningZeroOut` does; the negative prompt still sets its length.
             latents: initial noise (n, 16, h/8, w/8) or (1, ...) for every image, instead of seeds.
             tile_size: decode in tiles of this many latent pixels.
             on_step: called with a `Step` after every step (σ, latents, predicted x0, velocity; see
@@ -382,7 +392,8 @@ class StableDiffusion3:
         """
         work = self.check(prompts, negative_prompts, height=height, width=width, steps=steps, cfg=cfg, shift=shift,
                           seed=seed, num_images=num_images, batch_size=batch_size, slg=slg, sampler_name=sampler_name,
-                          sigmas=sigmas, latents=latents, tile_size=tile_size, init_image=init_image,
+                          sigmas=sigmas, scheduler=scheduler, negative_zero=negative_zero, latents=latents,
+                          tile_size=tile_size, init_image=init_image,
                           strength=strength, mask=mask, conditioning=conditioning, control=control)
         checks.check_callback(on_step, self.files.taesd)
         # encode, start latents, denoise, decode (sampling/run.py)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sd3.clip.tokenizer import MAX_T5_TOKENS, RULES
+from sd3.clip.tokenizer import CLIP_LENGTH, MAX_CLIP_CHUNKS, MAX_T5_TOKENS, RULES
 from sd3.errors import ConfigurationError
 
 EOS = "<|endoftext|>"
@@ -33,8 +33,12 @@ class Reference:
     clip_g_gelu: str = "gelu"  # "gelu" (exact) or "gelu_tanh"
     t5_length: int = 77
     t5_truncate: bool = True  # False: at least t5_length tokens, never cut (Stability), at most MAX_T5_TOKENS
-    prompt_rules: str = "plain"  # "stability": its weight syntax, word-wise CLIP chunks, T5's 226 characters
+    prompt_rules: str = "plain"  # "stability": its weight syntax, word-wise CLIP chunks, T5's 226 characters;
+    # "comfyui": weights applied, every CLIP chunk kept, no T5 rows without T5 (clip/weighted.py)
     schedule: str = "candle"  # see sampling/schedules.py
+    noise: str = "per_image"  # "per_image": image k's own seed; "batch": row k of one stream from the seed (ComfyUI)
+    noise_scaling: bool = False  # start text to image at σ0·noise + (1 − σ0)·(empty latent), as ComfyUI
+    pixel_rounding: str = "round"  # 8-bit pixels rounded (diffusers, Stability) or "truncate"d (ComfyUI's SaveImage)
     uncond_first: bool = False  # CFG batch order [uncond, cond] (diffusers) vs [cond, uncond]
     uncond_at_cfg_one: bool = False  # run the unconditional pass even at cfg = 1
     round_latents: bool = False  # round latents to the model dtype after every step
@@ -47,23 +51,33 @@ class Reference:
     def __post_init__(self) -> None:
         if not 1 <= self.t5_length <= MAX_T5_TOKENS:
             raise ConfigurationError(f"`t5_length` must be between 1 and {MAX_T5_TOKENS} tokens, got {self.t5_length}")
-        if self.prompt_rules not in RULES:
-            raise ConfigurationError(f"unknown `prompt_rules` {self.prompt_rules!r}; choose one of {', '.join(RULES)}")
+        for name, value, allowed in (("prompt_rules", self.prompt_rules, RULES), ("noise", self.noise, NOISE),
+                                     ("pixel_rounding", self.pixel_rounding, PIXEL_ROUNDING)):
+            if value not in allowed:
+                raise ConfigurationError(f"unknown `{name}` {value!r}; choose one of {', '.join(allowed)}")
 
     @property
     def t5_rows(self) -> int:
         """The most T5 rows a prompt can make: the T5 length, or untruncated, the bound MAX_T5_TOKENS."""
         return self.t5_length if self.t5_truncate else MAX_T5_TOKENS
 
+    @property
+    def clip_rows(self) -> int:
+        """The most CLIP rows a prompt can make: one 77-token chunk, or under ComfyUI's rules MAX_CLIP_CHUNKS."""
+        return CLIP_LENGTH * (MAX_CLIP_CHUNKS if self.prompt_rules == "comfyui" else 1)
+
     @classmethod
     def named(cls, name: str | Reference) -> Reference:
-        """The preset `name` ("default", "candle", "stability", "diffusers"); a Reference as it is."""
+        """The preset `name` ("default", "candle", "stability", "diffusers", "comfyui"); a Reference as it is."""
         if isinstance(name, Reference):
             return name
         if name not in REFERENCES:
             raise ConfigurationError(f"unknown `reference` '{name}'; choose one of {', '.join(REFERENCES)}")
         return REFERENCES[name]
 
+
+NOISE = ("per_image", "batch")
+PIXEL_ROUNDING = ("round", "truncate")
 
 REFERENCES = {
     "default": Reference("default"),
@@ -73,4 +87,7 @@ REFERENCES = {
     "diffusers": Reference("diffusers", t5_length=256, schedule="diffusers", uncond_first=True, round_latents=True,
                            posterior="sample", inpaint_decode_shift=False, control_pixels="diffusers",
                            control_after_last_block=False),
+    # ComfyUI's KSampler with its default scheduler, CLIPTextEncode, EmptySD3LatentImage and SaveImage
+    "comfyui": Reference("comfyui", t5_truncate=False, prompt_rules="comfyui", schedule="simple", uncond_first=True,
+                         noise="batch", noise_scaling=True, pixel_rounding="truncate"),
 }

@@ -4,7 +4,8 @@ Every caller (`generate`, `generate_many`, the jobs, the command line) turns its
 `ImageRequest`s with `image_requests`, the one function that knows the seed rule:
 
     image j of prompt i has the global index i·N + j (N images per prompt) and the seed
-    `seed` + index, or, when its prompt line gives a seed, that seed + j.
+    `seed` + index, or, when its prompt line gives a seed, that seed + j. Under ComfyUI's batch
+    noise it is row `index` of the stream seeded with `seed` (row j of its line's seed's).
 
 The global index names the image (`00007.png`), fixes its batch (index // batch size, see
 sampling/run.py) and so its bytes, and sets its seed: any image can be made again alone, in any
@@ -45,6 +46,8 @@ class ImageRequest:
             empty when the run's settings apply.
         prompt_index: which prompt (line) it renders: the images of one prompt share its text
             encoding within a batch.
+        stream: (seed, row) of its noise under ComfyUI's batch rule (sampling/noise.py): the run's
+            seed and its global index, or its line's seed and its place among the line's images.
     """
 
     index: int
@@ -53,6 +56,7 @@ class ImageRequest:
     seed: int
     settings: Mapping[str, object] = field(default_factory=dict, hash=False)
     prompt_index: int = 0
+    stream: tuple[int, int] = (0, 0)
 
     @property
     def text(self) -> tuple[int, str, str]:
@@ -101,6 +105,7 @@ def image_requests(
             requests.append(ImageRequest(
                 index=index, prompt=line.prompt, negative_prompt=line.overrides.get("negative_prompt", negative),
                 seed=seed + index if own_seed is None else own_seed + j, settings=settings, prompt_index=line.index,
+                stream=(seed, index) if own_seed is None else (own_seed, j),
             ))
     return requests
 

@@ -31,7 +31,7 @@ from PIL import Image
 
 from sd3.sampling import control, img2img
 from sd3.sampling.conditioning import Conditioning
-from sd3.sampling.noise import initial_noise
+from sd3.sampling.noise import NoiseStreams, initial_noise, scale_noise
 from sd3.sampling.options import GenerationOptions
 from sd3.sampling.previews import Preview
 from sd3.sampling.requests import ImageRequest, settings_key
@@ -90,6 +90,7 @@ class Work:
     edit: Edit | None = None
     largest: GenerationOptions | None = field(default=None)
     controls: list[control.ControlInput] = field(default_factory=list)  # ControlNets, checked (sampling/control.py)
+    streams: NoiseStreams = field(default_factory=NoiseStreams)  # ComfyUI's batch noise, shared by a run's chunks
 
     def __post_init__(self) -> None:
         self.largest = self.largest or largest([b.options for b in self.batches])
@@ -194,18 +195,19 @@ def render(pipe, work: Work, *, on_step: StepCallback | None = None, attention_b
 
 
 def _encode(pipe, work: Work) -> list[Conditioning]:
-    """Each batch's conditioning, one row per image."""
+    """Each batch's conditioning, one row per image; its negative zeroed where the options say so."""
     if work.conditioning is not None:  # one row per prompt, in prompt order
-        return [work.conditioning.rows([r.prompt_index for r in b.requests]) for b in work.batches]
-    out = []
-    with pipe.lifecycle.hold("encode"):  # the encoders load once for every pass
-        if work.encode_per_batch:
-            for batch in work.batches:
-                out.append(pipe.encode([r.prompt for r in batch.requests], [r.negative_prompt for r in batch.requests]))
-            return out
-        texts = list(dict.fromkeys(r.text for r in work.requests))  # (prompt index, prompt, negative), in order
-        encoded = pipe.encode([t[1] for t in texts], [t[2] for t in texts])
-        return [encoded.rows([texts.index(r.text) for r in b.requests]) for b in work.batches]
+        out = [work.conditioning.rows([r.prompt_index for r in b.requests]) for b in work.batches]
+    else:
+        with pipe.lifecycle.hold("encode"):  # the encoders load once for every pass
+            if work.encode_per_batch:
+                out = [pipe.encode([r.prompt for r in b.requests], [r.negative_prompt for r in b.requests])
+                       for b in work.batches]
+            else:
+                texts = list(dict.fromkeys(r.text for r in work.requests))  # (prompt index, prompt, negative)
+                encoded = pipe.encode([t[1] for t in texts], [t[2] for t in texts])
+                out = [encoded.rows([texts.index(r.text) for r in b.requests]) for b in work.batches]
+    return [c.zero_negative() if b.options.negative_zero else c for b, c in zip(work.batches, out)]
 
 
 def _controls(pipe, work: Work, activation: int) -> list[list[tuple[control.ControlInput, torch.Tensor]]]:
@@ -227,7 +229,7 @@ def _controls(pipe, work: Work, activation: int) -> list[list[tuple[control.Cont
 def _starts(pipe, work: Work, activation: int) -> list[tuple[torch.Tensor, img2img.Blend | None]]:
     """Each batch's start latents (b, 16, h, w) float32 and, when inpainting, its per-step blend."""
     if work.edit is None:
-        return [(_noise(work, batch), None) for batch in work.batches]
+        return [(_noise(pipe, work, batch), None) for batch in work.batches]
     encoded = {}  # the image through the VAE once per size, every seed at once: (x0, noise) by image index
     with pipe.lifecycle.hold("encode_image", activation):
         for size in dict.fromkeys((b.options.height, b.options.width) for b in work.batches):
@@ -246,12 +248,17 @@ def _starts(pipe, work: Work, activation: int) -> list[tuple[torch.Tensor, img2i
     return out
 
 
-def _noise(work: Work, batch: Batch) -> torch.Tensor:
-    opts = batch.options
-    if work.latents is None:
-        return initial_noise(batch.seeds, 16, opts.height // 8, opts.width // 8)
-    rows = [0 if work.latents.shape[0] == 1 else r.index for r in batch.requests]
-    return work.latents[rows].float()
+def _noise(pipe, work: Work, batch: Batch) -> torch.Tensor:
+    """The batch's start for text to image: its noise (the caller's `latents`, or drawn by the
+    reference's rule), scaled to the schedule's first σ where the reference does so (ComfyUI)."""
+    opts, ref = batch.options, pipe.reference
+    if work.latents is not None:
+        noise = work.latents[[0 if work.latents.shape[0] == 1 else r.index for r in batch.requests]].float()
+    elif ref.noise == "batch":
+        noise = work.streams.rows([r.stream for r in batch.requests], 16, opts.height // 8, opts.width // 8)
+    else:
+        noise = initial_noise(batch.seeds, 16, opts.height // 8, opts.width // 8)
+    return scale_noise(noise, opts.schedule[0]) if ref.noise_scaling else noise
 
 
 def _decode(pipe, batch: Batch, latents: torch.Tensor, vae_shift: bool) -> list[Image.Image]:
