@@ -67,3 +67,32 @@ def test_step_callback_counts_steps():
 def test_unknown_sampler():
     with pytest.raises(ConfigurationError, match="euler, dpmpp_2m"):
         sampler("ddim")
+
+
+@pytest.mark.parametrize("scheduler", ["simple", "sgm_uniform", "karras", "beta"])
+def test_comfyuis_dpmpp_2m_on_a_flow_model_is_ours(scheduler):
+    """ComfyUI runs k-diffusion's `sample_dpmpp_2m` on the denoised prediction x − σ v, in t = −log σ
+    (comfy/k_diffusion/sampling.py), written out here: the same update as Stability's, so `dpmpp_2m`
+    is ComfyUI's sampler of that name too."""
+    from sd3.sampling import sigmas as schedule
+
+    sigmas = schedule(scheduler, 12, 3.0)
+    weights = torch.randn(4, 4, generator=torch.Generator().manual_seed(1)) / 4
+
+    def velocity(x, sigma, i):  # a smooth, non-linear stand-in for the MMDiT
+        return torch.tanh(x @ weights) * (1 + sigma) - x * sigma
+
+    x0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    x, old = x0.clone(), None
+    t = lambda s: s.log().neg()  # noqa: E731
+    for i in range(len(sigmas) - 1):
+        denoised = x - sigmas[i] * velocity(x, sigmas[i], i)
+        h = t(sigmas[i + 1]) - t(sigmas[i])
+        if old is None or sigmas[i + 1] == 0:
+            x = (torch.exp(-t(sigmas[i + 1])) / torch.exp(-t(sigmas[i]))) * x - torch.expm1(-h) * denoised
+        else:
+            r = (t(sigmas[i]) - t(sigmas[i - 1])) / h
+            x = (torch.exp(-t(sigmas[i + 1])) / torch.exp(-t(sigmas[i]))) * x - torch.expm1(-h) * (
+                (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old)
+        old = denoised
+    assert torch.allclose(dpmpp_2m(velocity, x0, sigmas), x, atol=1e-6, rtol=0)
