@@ -96,7 +96,7 @@ def beta(steps: int, shift: float) -> torch.Tensor:
     try:
         from scipy.stats import beta as beta_distribution
     except ImportError:
-        raise ConfigurationError('the `beta` scheduler needs scipy (ComfyUI computes it with scipy\'s '
+        raise ConfigurationError('the beta scheduler needs scipy (ComfyUI computes it with scipy\'s '
                                  'beta.ppf): pip install -e ".[comfyui]"') from None
     table = sigma_table(shift)
     quantiles = beta_distribution.ppf(1 - np.linspace(0, 1, steps, endpoint=False), BETA_ALPHA, BETA_BETA)
@@ -122,7 +122,7 @@ def linear_quadratic(steps: int, shift: float) -> torch.Tensor:
 
 def kl_optimal(steps: int, shift: float) -> torch.Tensor:
     if steps < 2:
-        raise ConfigurationError(f"the `kl_optimal` scheduler needs at least 2 `steps`, got {steps}")
+        raise ConfigurationError(f"the kl_optimal scheduler needs at least 2 `steps`, got {steps}")
     table = sigma_table(shift)
     fractions = torch.arange(steps, dtype=torch.float32).div_(steps - 1)
     angles = fractions * math.atan(float(table[0])) + (1 - fractions) * math.atan(float(table[-1]))

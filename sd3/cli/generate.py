@@ -34,7 +34,7 @@ from sd3.sampling import img2img
 from sd3.sampling import checks
 from sd3.sampling.checks import DECODERS, DEFAULT_STRENGTH
 from sd3.sampling.previews import KINDS, Preview
-from sd3.sampling import FILE_NAMES, REFERENCES, SAMPLERS, VARIANTS, GenerationOptions, Reference, StableDiffusion3
+from sd3.sampling import FILE_NAMES, REFERENCES, SAMPLERS, SCHEDULES, VARIANTS, GenerationOptions, Reference, StableDiffusion3
 
 AUTO_BATCH_CAP = 8
 
@@ -43,7 +43,7 @@ FLAGS = {
     "height": "--height", "width": "--width", "steps": "--num-inference-steps", "cfg": "--cfg-scale",
     "shift": "--time-shift", "num_images": "--num-images", "batch_size": "--batch-size",
     "batch_size=1": "--batch-size 1", "sampler_name": "--sampler", "latents": "--latents",
-    "reference": "--reference", "which": "--which", "slg=True": "--use-slg", "slg": "--use-slg", "prompts": "--prompt",
+    "reference": "--reference", "which": "--which", "scheduler": "--scheduler", "negative_zero": "--negative-zero", "slg=True": "--use-slg", "slg": "--use-slg", "prompts": "--prompt",
     "negative_prompts": "--uncond-prompt", "dtype": "--dtype", "tile_size": "--tile-size", "t5_length": "--t5-max-length", "scale": "--lora PATH:SCALE",
     "control_image": "--control-image", "controlnet": "--controlnet", "start": "--control-start", "end": "--control-end",
     "canny": "--canny", "blur": "--blur", "control": "--controlnet", "control_mask": "--control-mask",
@@ -101,6 +101,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--t5-max-length", type=int, help="override the reference's T5 length")
     p.add_argument("--no-t5", action="store_true", help="zeros instead of T5 (saves ~10 GB)")
     p.add_argument("--sampler", choices=SAMPLERS, default="euler")
+    p.add_argument("--scheduler", choices=SCHEDULES, help="the sigma schedule by name instead of the reference's: "
+                   "candle, diffusers, stability, or ComfyUI's (simple, normal, sgm_uniform, karras, beta, ...)")
+    p.add_argument("--negative-zero", action="store_true", help="zero the negative conditioning, as ComfyUI's "
+                   "ConditioningZeroOut (the --uncond-prompt still sets its length)")
     p.add_argument("--tile-size", type=int, help="decode in tiles of this many latent pixels (VAE memory at large sizes)")
     p.add_argument("--compile", action="store_true", help="torch.compile the MMDiT (slow first step)")
     p.add_argument("--init-image", help="image to image: start from this image, resized to --height x --width as "
@@ -165,7 +169,7 @@ def run(args) -> None:
     settings = dict(
         height=args.height, width=args.width, steps=args.num_inference_steps, cfg=args.cfg_scale, shift=args.time_shift,
         seed=seed, num_images=args.num_images, batch_size=1 if auto_batch else parse_batch_size(args.batch_size),
-        slg=args.use_slg, tile_size=args.tile_size,
+        slg=args.use_slg, tile_size=args.tile_size, scheduler=args.scheduler, negative_zero=args.negative_zero,
     )
     # Every setting, prompt line and output path is checked before any file is downloaded or read.
     controls = control_flags.inputs(args)  # ControlNet headers and control images, read now

@@ -68,7 +68,7 @@ def prepare(args, reference, settings: dict, loras=(), controls=()) -> Job | lis
 
 
 def _generation(args, settings: dict) -> dict:
-    keys = ("height", "width", "steps", "cfg", "shift", "slg", "tile_size")
+    keys = ("height", "width", "steps", "cfg", "shift", "slg", "tile_size", "scheduler", "negative_zero")
     return {**{k: settings[k] for k in keys}, "sampler_name": args.sampler}
 
 

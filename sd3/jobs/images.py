@@ -41,6 +41,8 @@ def a1111_text(parameters: dict) -> str:
         f"Seed: {parameters['seed']}, Size: {parameters['width']}x{parameters['height']}, "
         f"Model: {parameters['which']}, Shift: {parameters['shift']}, Reference: {parameters['reference']}"
     )
+    if parameters.get("scheduler"):  # A1111's "Schedule type"
+        text += f", Schedule type: {parameters['scheduler']}"
     if "strength" in parameters:  # image to image, in A1111's own words
         text += f", Denoising strength: {parameters['strength']}, Init image: {parameters['init_image']}"
         if parameters.get("mask"):

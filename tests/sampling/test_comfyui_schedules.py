@@ -106,5 +106,5 @@ def test_beta_rounds_the_middle_quantile_half_to_even_and_drops_repeats():
 
 
 def test_kl_optimal_refuses_one_step():
-    with pytest.raises(ConfigurationError, match="kl_optimal.*at least 2 `steps`"):
+    with pytest.raises(ConfigurationError, match="kl_optimal scheduler needs at least 2 `steps`"):
         sigmas("kl_optimal", 1, 3.0)

@@ -91,9 +91,26 @@ def test_no_t5_and_reference_flags(tiny, tmp_path):
     assert Image.open(tmp_path / "a.png").size == (48, 64)
 
 
+def test_comfyui_flags(tiny, tmp_path):
+    """--reference comfyui with ComfyUI's scheduler names and a zeroed negative; two images of one seed are
+    rows 0 and 1 of one noise stream, and the PNG records the scheduler."""
+    flags = ("--reference", "comfyui", "--scheduler", "sgm_uniform", "--negative-zero", "--seed", "5")
+    assert run(tiny, *flags, "--num-images", "2", "--prompt", "a (red:1.3) cat", out=tmp_path / "a.png") == 0
+    noise = torch.randn(2, 16, 8, 6, generator=torch.Generator().manual_seed(5))
+    save_file({"latents": noise[1:]}, str(tmp_path / "row1.safetensors"))
+    assert run(tiny, *flags, "--prompt", "a (red:1.3) cat", "--latents", str(tmp_path / "row1.safetensors"),
+               out=tmp_path / "b.png") == 0
+    assert Image.open(tmp_path / "a-1.png").tobytes() == Image.open(tmp_path / "b.png").tobytes()
+    recorded = json.loads(Image.open(tmp_path / "a-0.png").text["sd3"])
+    assert (recorded["scheduler"], recorded["negative_zero"], recorded["reference"]) == ("sgm_uniform", True, "comfyui")
+    assert "Schedule type: sgm_uniform" in Image.open(tmp_path / "a-0.png").text["parameters"]
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
+        (["--num-inference-steps", "1", "--scheduler", "kl_optimal"],
+         "the kl_optimal scheduler needs at least 2 --num-inference-steps, got 1"),
         (["--height", "60"], "--height must be a positive multiple of 16, got 60"),
         (["--width", "256"], "width 256 exceeds this checkpoint's limit of 128 pixels"),
         (["--num-inference-steps", "0"], "--num-inference-steps must be at least 1"),
