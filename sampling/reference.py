@@ -1,7 +1,8 @@
-"""The `reference` switch: every point where Candle, Stability and diffusers disagree, set at once.
+"""The `reference` switch: every point where Candle, Stability, diffusers and ComfyUI disagree, set at once.
 
 docs/reference.md §6 lists the points. `Reference.named("candle")` etc. set all of them to one
-implementation's behaviour; `dataclasses.replace` (or the command line's individual options)
+implementation's behaviour ("comfyui": its KSampler, CLIPTextEncode, EmptySD3LatentImage and
+SaveImage); `dataclasses.replace` (or the command line's individual options)
 overrides single points.
 
 Our default ("default") mirrors Candle except where Candle departs from how the model was trained
