@@ -41,6 +41,7 @@ class ImageResult:
     seed: int
     settings: dict  # height, width, steps, cfg, shift, sampler, slg of this image (`GenerationOptions.describe`)
     seconds: float  # this image's share of its batch's denoising and decoding time (loads excluded)
+    stream: tuple[int, int] = (0, 0)  # (seed, row) of its noise under ComfyUI's batch rule (`ImageRequest.stream`)
 
 
 @dataclass
@@ -127,7 +128,8 @@ def generate_many(
                     bar.update()
                     yield ImageResult(index=request.index, image=picture, prompt=request.prompt,
                                       negative_prompt=request.negative_prompt, seed=request.seed,
-                                      settings=rendered.batch.options.describe(), seconds=seconds)
+                                      settings=rendered.batch.options.describe(), seconds=seconds,
+                                      stream=request.stream)
             stats.load_seconds += pipe.lifecycle.timings.load
             stats.compute_seconds += pipe.lifecycle.timings.encode
 

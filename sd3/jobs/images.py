@@ -41,6 +41,8 @@ def a1111_text(parameters: dict) -> str:
         f"Seed: {parameters['seed']}, Size: {parameters['width']}x{parameters['height']}, "
         f"Model: {parameters['which']}, Shift: {parameters['shift']}, Reference: {parameters['reference']}"
     )
+    if "batch_index" in parameters:  # ComfyUI's batch noise: row k of the seed's stream
+        text += f", Batch index: {parameters['batch_index']}"
     if parameters.get("scheduler"):  # A1111's "Schedule type"
         text += f", Schedule type: {parameters['scheduler']}"
     if "strength" in parameters:  # image to image, in A1111's own words
@@ -60,8 +62,13 @@ def image_parameters(request, settings: dict) -> dict:
     """What an image file records: its request's prompt, negative prompt and seed (an `ImageRequest`
     or `ImageResult`), and `settings`: the image's own (`GenerationOptions.describe`'s names: height,
     width, steps, cfg, shift, sampler, slg, the names the manifest uses) with the run's (`which`,
-    `reference`, `loras`; `strength`, `init_image`, `mask` for image to image)."""
-    return {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
+    `reference`, `loras`; `strength`, `init_image`, `mask` for image to image). Under ComfyUI's
+    batch noise (`reference` "comfyui") the seed is its noise stream's, with its row as `batch_index`,
+    as ComfyUI names them: that seed and index make the image again."""
+    seed = {"seed": request.seed}
+    if settings.get("reference") == "comfyui":
+        seed = {"seed": request.stream[0], "batch_index": request.stream[1]}
+    return {"prompt": request.prompt, "negative_prompt": request.negative_prompt, **seed,
             **{k: v for k, v in settings.items() if k != "loras" or v}}
 
 

@@ -103,6 +103,8 @@ def test_comfyui_flags(tiny, tmp_path):
     assert Image.open(tmp_path / "a-1.png").tobytes() == Image.open(tmp_path / "b.png").tobytes()
     recorded = json.loads(Image.open(tmp_path / "a-0.png").text["sd3"])
     assert (recorded["scheduler"], recorded["negative_zero"], recorded["reference"]) == ("sgm_uniform", True, "comfyui")
+    second = json.loads(Image.open(tmp_path / "a-1.png").text["sd3"])
+    assert (second["seed"], second["batch_index"]) == (5, 1)  # ComfyUI's names: that seed's stream, row 1
     assert "Schedule type: sgm_uniform" in Image.open(tmp_path / "a-0.png").text["parameters"]
 
 
