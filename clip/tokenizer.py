@@ -82,9 +82,9 @@ def _word_by_word(tokenizer: Tokenizer, prompt: str) -> list[list[int]]:
 def _comfyui_groups(tokenizer: Tokenizer, prompt: str) -> list[tuple[list[int], float]]:
     """ComfyUI's token groups: each weighted segment's ids, tokenized whole, with its weight.
 
-    A segment is cut before every " embedding:" or newline-"embedding:", as ComfyUI cuts it. An
-    embedding it cannot find is dropped with a warning and the rest of its group read on, as ComfyUI
-    does when the name is not in its embeddings folder; this project loads no embeddings."""
+    A segment is cut before every " embedding:" or newline-"embedding:", as ComfyUI cuts it. This
+    project loads no embeddings: the name is dropped and the rest of its group read on, as ComfyUI's
+    `_try_get_embedding` does for a name it cannot find (commas around the name stay with the rest)."""
     groups = []
     for segment, weight in weighted_segments(prompt):
         parts = segment.replace("\n" + EMBEDDING, " " + EMBEDDING).split(" " + EMBEDDING)
@@ -92,11 +92,21 @@ def _comfyui_groups(tokenizer: Tokenizer, prompt: str) -> list[tuple[list[int], 
             text = EMBEDDING + part if k else part
             if text.startswith(EMBEDDING):
                 name, *rest = text[len(EMBEDDING):].strip("\n").split() or [""]
-                logger.warning("textual-inversion embeddings are not supported: dropped %r", EMBEDDING + name)
-                text = " ".join(rest)
+                _warn_embedding(name)
+                stripped = name.strip(",")
+                text = f"{name[len(stripped):]} {' '.join(rest)}" if len(stripped) < len(name) else " ".join(rest)
             if text:
                 groups.append((tokenizer.encode(text, add_special_tokens=False).ids, weight))
     return groups
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_embedding(name: str) -> None:
+    if name not in _WARNED:
+        _WARNED.add(name)
+        logger.warning("textual-inversion embeddings are not supported: dropped %r", EMBEDDING + name)
 
 
 def _as_list(prompts: str | list[str]) -> list[str]:
@@ -213,45 +223,45 @@ class T5Tokenizer:
         self.max_length, self.truncate = max_length, truncate
         self.eos_id, self.pad_id = eos_id, pad_id
 
-    def _prompt_ids(self, prompt: str) -> list[int]:
+    def _weighted_ids(self, prompt: str) -> list[tuple[int, float]]:
+        """The prompt's tokens with their weights (1 but under ComfyUI's rules), before EOS."""
         if self.rules == "plain":
-            return self.tokenizer.encode(prompt, add_special_tokens=False).ids
+            return [(i, 1.0) for i in self.tokenizer.encode(prompt, add_special_tokens=False).ids]
         if self.rules == "comfyui":
-            return [i for ids, _ in _comfyui_groups(self.tokenizer, prompt) for i in ids]
+            return [(i, w) for ids, w in _comfyui_groups(self.tokenizer, prompt) for i in ids]
         if len(prompt) > STABILITY_T5_CHARACTERS:
             logger.warning("T5 reads the first %d characters (Stability's rule); dropped the last %d of %d: %r",
                            STABILITY_T5_CHARACTERS, len(prompt) - STABILITY_T5_CHARACTERS, len(prompt), prompt[:60])
-        return [i for group in _word_by_word(self.tokenizer, prompt[:STABILITY_T5_CHARACTERS]) for i in group]
+        return [(i, 1.0) for group in _word_by_word(self.tokenizer, prompt[:STABILITY_T5_CHARACTERS]) for i in group]
 
     def weighted(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """One prompt -> ids (1, n) int64 and weights (1, n) float32, as `__call__` makes the row; each
+        """One prompt -> ids (1, n) int64 and weights (1, n) float32, the row `__call__` makes; each
         token has its segment's weight under ComfyUI's rules (1 under the others), EOS and padding 1."""
-        ids = self([prompt])
-        weights = torch.ones(ids.shape)
-        if self.rules == "comfyui":
-            per_token = [w for group, w in _comfyui_groups(self.tokenizer, prompt) for _ in group][: ids.shape[1] - 1]
-            weights[0, : len(per_token)] = torch.tensor(per_token, dtype=torch.float32)
-        return ids, weights
+        return self._rows([prompt])
 
     def __call__(self, prompts: str | list[str]) -> torch.Tensor:
         """A prompt or a list of b prompts -> (b, n) int64 ids, each row the prompt's tokens, EOS, padding.
 
         Raises TextEncodingError when, untruncated, a prompt needs more than MAX_T5_TOKENS tokens."""
-        prompts = _as_list(prompts)
+        return self._rows(_as_list(prompts))[0]
+
+    def _rows(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = []
         for prompt in prompts:
-            ids = self._prompt_ids(prompt)
-            if not self.truncate and len(ids) + 1 > MAX_T5_TOKENS:
+            pairs = self._weighted_ids(prompt)
+            if not self.truncate and len(pairs) + 1 > MAX_T5_TOKENS:
                 raise TextEncodingError(
-                    f"the prompt makes {len(ids) + 1} T5 tokens, more than the {MAX_T5_TOKENS} this project "
+                    f"the prompt makes {len(pairs) + 1} T5 tokens, more than the {MAX_T5_TOKENS} this project "
                     f"bounds T5 to; shorten it: {prompt[:60]!r}"
                 )
-            if self.truncate and len(ids) > self.max_length - 1:
+            if self.truncate and len(pairs) > self.max_length - 1:
                 logger.warning(
                     "T5 length is %d; dropped the last %d of %d prompt tokens: %r",
-                    self.max_length, len(ids) - (self.max_length - 1), len(ids), prompt[:60],
+                    self.max_length, len(pairs) - (self.max_length - 1), len(pairs), prompt[:60],
                 )
-                ids = ids[: self.max_length - 1]
-            rows.append([*ids, self.eos_id])
+                pairs = pairs[: self.max_length - 1]
+            rows.append([*pairs, (self.eos_id, 1.0)])
         length = max(self.max_length, *(len(row) for row in rows))
-        return torch.tensor([row + [self.pad_id] * (length - len(row)) for row in rows], dtype=torch.long)
+        rows = [row + [(self.pad_id, 1.0)] * (length - len(row)) for row in rows]
+        return (torch.tensor([[i for i, _ in row] for row in rows], dtype=torch.long),
+                torch.tensor([[w for _, w in row] for row in rows], dtype=torch.float32))

@@ -65,7 +65,7 @@ class Conditioning:
             raise ConfigurationError(f"a `conditioning`'s four tensors must share a dtype and a device; got {kinds}")
         given = [getattr(self, name) for name in LENGTHS if getattr(self, name) is not None]
         if given and (len(given) != 2 or any(
-                t.shape != (n,) or t.dtype != torch.long or int(t.min()) < 1 or int(t.max()) > self.context.shape[1]
+                not isinstance(t, torch.Tensor) or t.shape != (n,) or t.dtype != torch.long or int(t.min()) < 1 or int(t.max()) > self.context.shape[1]
                 for t in given)):
             raise ConfigurationError(
                 f"a `conditioning`'s `lengths` and `negative_lengths` come together, each ({n},) int64 between 1 "

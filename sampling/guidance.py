@@ -93,28 +93,28 @@ class GuidedVelocity:
             v = v_uncond + self.cfg * (v_cond - v_uncond)
         if self.slg is not None and self.slg.active(step, self.steps):
             v_skip = self._model(x, t, self.cond.y, self.cond.context, step, self.cond_lengths,
-                                 skip_layers=self.slg.layers).float()
+                                 skip=True).float()
             v = v + self.slg.scale * (v_cond - v_skip)
         return v
 
     def _model(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, context: torch.Tensor, step: int,
-               groups: list[tuple[torch.Tensor | None, int]], skip_layers: Sequence[int] = ()) -> torch.Tensor:
+               groups: list[tuple[torch.Tensor | None, int]], skip: bool = False) -> torch.Tensor:
         """The MMDiT on every row, one call per context length (`_groups`), with the residuals of the
         ControlNets active at `step` (none for a skip-layer pass, as Stability's `SkipLayerCFGDenoiser`)."""
         out = None
         for rows, length in groups:
             pick = (lambda a: a) if rows is None else (lambda a: a[rows.to(a.device)])
-            controls = [] if skip_layers else [c if rows is None else replace(c, latent=pick(c.latent)) for c in self.controls]
-            part = self._call(pick(x), t, pick(y), pick(context)[:, :length], step, controls, skip_layers)
+            controls = [] if skip else [c if rows is None else replace(c, latent=pick(c.latent)) for c in self.controls]
+            part = self._call(pick(x), t, pick(y), pick(context)[:, :length], step, controls, skip)
             if rows is None:
                 return part
             out = part.new_empty((x.shape[0], *part.shape[1:])) if out is None else out
             out[rows.to(out.device)] = part
         return out
 
-    def _call(self, x, t, y, context, step, controls, skip_layers) -> torch.Tensor:
-        if skip_layers:
-            return self.model(x, t, y, context, skip_layers=skip_layers)
+    def _call(self, x, t, y, context, step, controls, skip: bool) -> torch.Tensor:
+        if skip:  # the skip-layer pass: without the skipped blocks, and without ControlNets
+            return self.model(x, t, y, context, skip_layers=self.slg.layers)
         if not controls:
             return self.model(x, t, y, context)
         extra = residuals(controls, x, t.expand(x.shape[0]), y, context, self.model, step, self.steps)

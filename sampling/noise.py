@@ -25,6 +25,10 @@ def initial_noise(seeds: list[int], channels: int, height: int, width: int, devi
     return torch.stack(draws).to(device)
 
 
+# ComfyUI's EmptySD3LatentImage (zeros) in model space, (0 − shift) · scale, in float32 as it computes it.
+EMPTY_LATENT = (torch.zeros((), dtype=torch.float32) - VAEConfig.shift_factor) * VAEConfig.scaling_factor
+
+
 class NoiseStreams:
     """ComfyUI's batch noise: row r of `randn((N, c, h, w))` drawn from a generator seeded with s.
 
@@ -54,9 +58,7 @@ def scale_noise(noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """ComfyUI's start for text to image: σ0·noise + (1 − σ0)·x_empty (comfy/model_sampling.py
     `CONST.noise_scaling`), x_empty being its empty latent in model space, (0 − shift)·scale (comfy/
     latent_formats.py `SD3.process_in`). Equal to the noise itself when σ0 = 1."""
-    vae = VAEConfig()
-    empty = (torch.zeros((), dtype=torch.float32) - vae.shift_factor) * vae.scaling_factor
-    return sigma * noise + (1.0 - sigma) * empty
+    return sigma * noise + (1.0 - sigma) * EMPTY_LATENT
 
 
 def check_latents(latents: torch.Tensor, count: int, height: int, width: int) -> None:

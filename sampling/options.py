@@ -99,6 +99,8 @@ class GenerationOptions:
             raise ConfigurationError(f"`negative_zero` must be True or False, got {negative_zero!r}")
         if scheduler is not None and sigmas is not None:
             raise ConfigurationError("give `scheduler` or explicit `sigmas`, not both")
+        if scheduler == reference.schedule:  # the reference's own: recorded as not chosen, so runs resume alike
+            scheduler = None
         check_tile_size(tile_size)
         # steps, shift and explicit sigmas are checked where the schedule is made (sampling/schedules.py)
         schedule = (explicit_sigmas(sigmas) if sigmas is not None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from sd3.clip.tokenizer import CLIP_LENGTH, MAX_CLIP_CHUNKS, MAX_T5_TOKENS, RULES
 from sd3.errors import ConfigurationError
+from sd3.vae.images import ROUNDING as PIXEL_ROUNDING
 
 EOS = "<|endoftext|>"
 
@@ -78,7 +79,6 @@ class Reference:
 
 
 NOISE = ("per_image", "batch")
-PIXEL_ROUNDING = ("round", "truncate")
 
 REFERENCES = {
     "default": Reference("default"),

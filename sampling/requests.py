@@ -47,7 +47,8 @@ class ImageRequest:
         prompt_index: which prompt (line) it renders: the images of one prompt share its text
             encoding within a batch.
         stream: (seed, row) of its noise under ComfyUI's batch rule (sampling/noise.py): the run's
-            seed and its global index, or its line's seed and its place among the line's images.
+            seed and its global index, or its line's seed and its place among the line's images
+            (default: row 0 of its own seed's).
     """
 
     index: int
@@ -56,7 +57,11 @@ class ImageRequest:
     seed: int
     settings: Mapping[str, object] = field(default_factory=dict, hash=False)
     prompt_index: int = 0
-    stream: tuple[int, int] = (0, 0)
+    stream: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.stream is None:  # a request made by hand: row 0 of its own seed's stream
+            object.__setattr__(self, "stream", (self.seed, 0))
 
     @property
     def text(self) -> tuple[int, str, str]:

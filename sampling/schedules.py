@@ -67,7 +67,7 @@ def sigmas(schedule: str, steps: int, shift: float = 3.0) -> torch.Tensor:
         raise ConfigurationError(f"`steps` must be at least 1, got {steps}")
     if shift <= 0:
         raise ConfigurationError(f"`shift` must be positive, got {shift}")
-    if schedule not in SCHEDULES:
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
         raise ConfigurationError(f"unknown `scheduler` '{schedule}'; choose one of {', '.join(SCHEDULES)}")
     return SCHEDULES[schedule](steps, shift)
 

@@ -6,13 +6,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sd3.errors import VAEDecodingError
+from sd3.errors import ConfigurationError, VAEDecodingError
+
+ROUNDING = ("round", "truncate")
 
 
 def to_uint8(images: torch.Tensor, rounding: str = "round") -> np.ndarray:
     """(b, 3, H, W) in [-1, 1] -> (b, H, W, 3) uint8: clamp((x + 1) * 127.5, 0, 255), rounded as diffusers
     does; or with `rounding="truncate"`, 255 · clamp((x + 1) / 2, 0, 1) cut to an integer, as ComfyUI's
     VAE decode and SaveImage compute it (comfy/sd.py `process_output`, nodes.py)."""
+    if rounding not in ROUNDING:
+        raise ConfigurationError(f"unknown `rounding` {rounding!r}; choose one of {', '.join(ROUNDING)}")
     if not torch.isfinite(images).all():
         raise VAEDecodingError(
             "the decoded image contains NaN or inf; the usual cause is float16 overflow in the VAE or "

@@ -257,7 +257,7 @@ def one_call(args, sd3, settings, latents, edit, preview, controls=()) -> None:
     out = Path(args.final_image)
     for k, (picture, request) in enumerate(zip(result.images, result.requests)):
         path = out if len(result.images) == 1 else out.with_name(f"{out.stem}-{k}{out.suffix}")
-        save_image(picture, path, image_parameters(request, recorded))
+        save_image(picture, path, image_parameters(request, recorded, sd3.reference.noise == "batch"))
     total_steps = result.steps * -(-len(result.images) // settings["batch_size"])
     seconds = result.timings["denoise"]
     if not args.quiet:

@@ -88,7 +88,8 @@ def run(args, pipe, job, settings: dict, rank, preview=None, controls=()) -> Non
                                 quiet=args.quiet, on_step=preview, control=list(controls), **_generation(args, settings))
     for result in stream:
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}-{result.index}{out.suffix}")
-        save_image(result.image, path, image_parameters(result, {**result.settings, **run_settings(args, pipe, controls)}))
+        save_image(result.image, path, image_parameters(result, {**result.settings, **run_settings(args, pipe, controls)},
+                                                        pipe.reference.noise == "batch"))
     if not args.quiet:
         print(f"{stats.images} image(s) in {stats.chunks} chunk(s), loading {stats.load_share:.0%} of the work; "
               f"saved {out.with_name(out.stem + '-*' + out.suffix)}", file=sys.stderr)

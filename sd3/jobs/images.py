@@ -58,17 +58,21 @@ def a1111_text(parameters: dict) -> str:
     return text
 
 
-def image_parameters(request, settings: dict) -> dict:
+def recorded_seed(request, batch_noise: bool) -> dict:
+    """How an image records its noise: its `seed`, or under ComfyUI's batch noise (`Reference.noise`
+    "batch") its stream's seed and its row as `batch_index`, as ComfyUI names them."""
+    if batch_noise:
+        return {"seed": request.stream[0], "batch_index": request.stream[1]}
+    return {"seed": request.seed}
+
+
+def image_parameters(request, settings: dict, batch_noise: bool = False) -> dict:
     """What an image file records: its request's prompt, negative prompt and seed (an `ImageRequest`
     or `ImageResult`), and `settings`: the image's own (`GenerationOptions.describe`'s names: height,
     width, steps, cfg, shift, sampler, slg, the names the manifest uses) with the run's (`which`,
-    `reference`, `loras`; `strength`, `init_image`, `mask` for image to image). Under ComfyUI's
-    batch noise (`reference` "comfyui") the seed is its noise stream's, with its row as `batch_index`,
-    as ComfyUI names them: that seed and index make the image again."""
-    seed = {"seed": request.seed}
-    if settings.get("reference") == "comfyui":
-        seed = {"seed": request.stream[0], "batch_index": request.stream[1]}
-    return {"prompt": request.prompt, "negative_prompt": request.negative_prompt, **seed,
+    `reference`, `loras`; `strength`, `init_image`, `mask` for image to image); the seed as
+    `recorded_seed` writes it."""
+    return {"prompt": request.prompt, "negative_prompt": request.negative_prompt, **recorded_seed(request, batch_noise),
             **{k: v for k, v in settings.items() if k != "loras" or v}}
 
 

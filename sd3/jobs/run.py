@@ -19,13 +19,13 @@ from pathlib import Path
 
 from sd3.errors import ConfigurationError
 from sd3.jobs.distributed import Rank
-from sd3.jobs.images import image_parameters, save_image
+from sd3.jobs.images import image_parameters, recorded_seed, save_image
 from sd3.jobs.manifest import ManifestWriter, check_output_dir, merge, read_records, verified
 from sd3.sampling.requests import ImageRequest, settings_key
 from sd3.sampling.checks import request_options
 from sd3.sampling.stream import StreamStats
 
-COMPARED = ("prompt", "negative_prompt", "seed", "settings")  # what must match for a record to count as done
+COMPARED = ("prompt", "negative_prompt", "seed", "batch_index", "settings")  # what must match for a record to count as done
 
 
 @dataclass
@@ -69,8 +69,8 @@ class Job:
         if key not in described:
             opts = request_options(pipe, request, {**self.generation, "batch_size": self.batch_size})
             described[key] = {**self.settings, **opts.describe()}
-        return {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
-                "settings": described[key]}
+        return {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "batch_index": None,
+                **recorded_seed(request, pipe.reference.noise == "batch"), "settings": described[key]}
 
     def run(self, pipe, *, quiet: bool = False) -> JobSummary:
         """Make this rank's unfinished images; rank 0 merges the manifests once every rank is done."""
@@ -111,10 +111,12 @@ class Job:
                     continue
                 name = f"{result.index:05d}{self.extension}"
                 settings = {**self.settings, **result.settings}
-                digest = save_image(result.image, self.folder / name, {**image_parameters(result, settings),
+                batch_noise = pipe.reference.noise == "batch"
+                digest = save_image(result.image, self.folder / name, {**image_parameters(result, settings, batch_noise),
                                                                        "index": result.index})
                 writer.append({"index": result.index, "file": name, "prompt": result.prompt,
-                               "negative_prompt": result.negative_prompt, "seed": result.seed, "settings": settings,
+                               "negative_prompt": result.negative_prompt, **recorded_seed(result, batch_noise),
+                               "settings": settings,
                                "sha256": digest, "seconds": round(result.seconds, 4), "batch_size": self.batch_size})
                 summary.written += 1
         self.rank.barrier()

@@ -18,12 +18,15 @@ from sd3.errors import TextEncodingError
 
 
 def _segments(prompt: str) -> list[tuple[str, float]]:
-    """ComfyUI's segments, its unknown embeddings dropped (`embedding:NAME` and nothing else)."""
+    """ComfyUI's segments, its unknown embeddings dropped as `_try_get_embedding` leaves them: the
+    name goes, commas around it stay in front of the rest."""
     out = []
     for text, weight in weighted_segments(prompt):
         for k, part in enumerate(text.replace("\nembedding:", " embedding:").split(" embedding:")):
             if k or part.startswith("embedding:"):
-                part = " ".join(part.removeprefix("embedding:").split()[1:])
+                words = part.removeprefix("embedding:").strip("\n").split()
+                name, rest = (words[0], " ".join(words[1:])) if words else ("", "")
+                part = f"{name[len(name.strip(',')):]} {rest}" if name.strip(",") != name else rest
             if part:
                 out.append((part, weight))
     return out
@@ -63,6 +66,7 @@ def _prompts(one: str = "cat", three: str = "zqj", long: str = "zqxjkvwzqx") -> 
         "((a photo:1.2) of a cat:0.8) (hello:world) (:1.5) (x: 2) (a) (b)",
         "a \\(red\\) cat \\(x:1.5\\)",
         "a\ncat\twith a tab and a photo embedding:style of a cat embedding:other\nembedding:third",
+        "(a embedding:style, cat:1.2) embedding:other,, and a (dog embedding:x)",
         " ".join([one] * 75),  # one full chunk
         " ".join([one] * 192),  # 192 tokens: a plain prompt is one segment, cut into 3 chunks
         " ".join([one] * 73) + " (" + three + ":1.3)",  # a 3-token segment that does not fit moves on

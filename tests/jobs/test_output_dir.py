@@ -216,3 +216,20 @@ def test_bad_inputs_fail_in_one_line_before_any_model_loads(tiny, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message.format(tmp=tmp_path) in err[0], err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_comfyui_jobs_record_the_noise_stream_and_resume_by_it(tiny, tmp_path, capsys):
+    """Under --reference comfyui image k is row k of the run seed's stream (its line's seed: row 0): the
+    manifest records that seed and `batch_index`, chunks give the bytes of one pass, and a resume whose
+    line now names the seed its row was drawn from, but as row 0, is refused."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a cat"}\n{"prompt": "a (dog:1.3)"}\n{"prompt": "a cow", "seed": 9}\n')
+    one, chunked = tmp_path / "one", tmp_path / "chunked"
+    assert generate.main(command(tiny, prompts, one, "--reference", "comfyui")) == 0
+    assert generate.main(command(tiny, prompts, chunked, "--reference", "comfyui", "--chunk-size", "1")) == 0
+    assert images(one) == images(chunked)
+    assert [(r["seed"], r["batch_index"]) for r in sorted(manifest(one), key=lambda r: r["index"])] == [(3, 0), (3, 1), (9, 0)]
+    capsys.readouterr()
+    prompts.write_text('{"prompt": "a cat"}\n{"prompt": "a (dog:1.3)", "seed": 3}\n{"prompt": "a cow", "seed": 9}\n')
+    assert generate.main(command(tiny, prompts, one, "--reference", "comfyui")) == 1
+    assert "holds image 1 made with a different batch_index" in capsys.readouterr().err

@@ -164,6 +164,7 @@ def test_the_preset(comfy):
     assert (ref.uncond_first, ref.uncond_at_cfg_one, ref.round_latents, ref.t5_truncate) == (True, False, False, False)
     assert comfy.options(height=32, width=32, steps=4, cfg=4.0).schedule.tolist() == pytest.approx([1.0, 0.9, 0.75, 0.5, 0.0])
     assert "scheduler" not in comfy.options(height=32, width=32, steps=4, cfg=4.0).describe()  # old manifests match
+    assert "scheduler" not in comfy.options(height=32, width=32, steps=4, cfg=4.0, scheduler="simple").describe()
     assert comfy.options(height=32, width=32, steps=4, cfg=4.0, scheduler="beta").describe()["scheduler"] == "beta"
 
 
@@ -177,3 +178,40 @@ def test_an_overlong_prompt_is_refused_before_loading(files):
         with pytest.raises(TextEncodingError, match=message):
             pipe.generate(" ".join(["cat"] * 1100), seed=0, **ARGS)
     assert loaded == []
+
+
+def test_a_plain_prompt_gives_the_default_references_latents(comfy, files):
+    """What ComfyUI shares with our default (its `simple` scheduler, one image's noise, unweighted short
+    prompts): only the CFG batch order differs, which changes rounding alone."""
+    default = StableDiffusion3(files, keep="all").generate("a photo of a cat", "blurry", seed=3, **ARGS)
+    ours = comfy.generate("a photo of a cat", "blurry", seed=3, **ARGS)
+    assert torch.allclose(ours.latents, default.latents, atol=1e-5, rtol=0)
+
+
+def test_conditioning_lengths_survive_rows_save_and_load(comfy, tmp_path):
+    from sd3.errors import ConfigurationError
+
+    cond = comfy.encode([LONG, "a cat"], ["", "blurry"])
+    cond.save(tmp_path / "c.safetensors")
+    loaded = Conditioning.load(tmp_path / "c.safetensors")
+    assert torch.equal(loaded.lengths, cond.lengths) and torch.equal(loaded.negative_lengths, cond.negative_lengths)
+    assert loaded.rows([1, 1]).lengths.tolist() == [int(cond.lengths[1])] * 2
+    with pytest.raises(ConfigurationError, match="`lengths` and `negative_lengths` come together"):
+        Conditioning(cond.context, cond.y, cond.negative_context, cond.negative_y, [231, 154], cond.negative_lengths)
+
+
+def test_generate_many_in_chunks_equals_generate(comfy):
+    """The noise stream is kept across chunks; each chunk's conditioning keeps its rows' lengths."""
+    prompts = [LONG, "a cat", "a (red:1.4) dog"]
+    whole = comfy.generate(prompts, seed=4, batch_size=1, **ARGS)
+    settings = {k: v for k, v in ARGS.items() if k != "quiet"}
+    streamed = list(comfy.generate_many(prompts, seed=4, chunk_size=1, quiet=True, **settings))
+    for a, b in zip(whole.images, streamed):
+        assert np.array_equal(np.asarray(a), np.asarray(b.image))
+
+
+def test_a_request_made_by_hand_draws_its_own_seeds_stream(comfy):
+    from sd3.sampling.requests import ImageRequest
+
+    request = ImageRequest(index=0, prompt="a cat", negative_prompt="", seed=100)
+    assert request.stream == (100, 0)
