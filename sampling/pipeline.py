@@ -359,7 +359,8 @@ class StableDiffusion3:
         conditioning: Conditioning | None = None,
         control: Sequence[control.ControlInput] | None = None,
     ) -> GenerationResult:
-        """Generate `num_images` images for each prompt; image k (counting across prompts) uses seed + k.
+        """Generate `num_images` images for each prompt; image k (counting across prompts) uses seed + k
+        (under ComfyUI's batch noise, `Reference.noise`, row k of the seed's noise stream).
 
         Args:
             negative_prompts: one per prompt (or one for all; None for ""), the unconditional prompt.
