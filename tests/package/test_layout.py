@@ -41,7 +41,7 @@ def test_every_parameter_a_library_message_names_has_a_flag():
     # A shell command quoted in the gated-repo advice, `keep`, which the command line fixes to "stage", and
     # the Python API's own inputs, which no flag offers: a saved conditioning, a stage's options, a schedule.
     not_parameters = {"hf auth login", "keep", "conditioning", "options", "sigmas", "prompt_rules", "rules", "tile_overlap",
-                      "lengths", "negative_lengths"}
+                      "lengths", "negative_lengths", "rounding"}
     # `files["{}"]` (a formatted file name) must match some flag's key.
     unmapped = [m for m in named - not_parameters
                 if not any(re.fullmatch(re.escape(m).replace(r"\{\}", ".+"), key) for key in FLAGS | quantize.FLAGS)]
