@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny architecture: a smoke test of the script itself")
     parser.add_argument("--compile", action="store_true", help="also time our MMDiT under torch.compile")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "sd3-from-scratch" / "audit"))
-    parser.add_argument("--out", default="benchmark.json")
+    parser.add_argument("--out", default="benchmark.json", help="the JSON file the results are written to")
     parser.add_argument("--only", choices=("compare", "residency", "throughput", "quant", "previews", "peers"),
                         help="run one part: ours against diffusers, residency, a 16-prompt list's throughput, "
                              "low-precision MMDiT files, step previews and TAESD3, or stable-diffusion.cpp side by side")
@@ -180,6 +180,10 @@ def main(argv=None) -> int:
         else:
             print(json.dumps(measure(spec, files)))
         return 0
+    out_file = Path(args.out)
+    if out_file.is_dir() or not out_file.parent.is_dir():  # refused before anything is timed
+        print(f"error: --out {args.out} must name a JSON file in an existing folder", file=sys.stderr)
+        return 1
     specs = plan(args.quick, args.tiny, args.compile) if args.only in (None, "compare") else []
     residency = residency_plan(args.quick, args.tiny) if args.only in (None, "residency") else []
     throughput = throughput_plan(args.quick, args.tiny) if args.only in (None, "throughput") else []

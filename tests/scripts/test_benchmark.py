@@ -30,3 +30,13 @@ def test_benchmark_smoke(tmp_path):
     assert quant["bfloat16"]["max_abs_latents"] == 0 and quant["bfloat16"]["psnr_db"] == float("inf")
     assert all(0 < r["max_abs_latents"] and 0 < r["psnr_db"] < float("inf") for f, r in quant.items() if f != "bfloat16")
     assert quant["Q4_0"]["state_bytes"] < quant["Q8_0"]["state_bytes"] < quant["bfloat16"]["state_bytes"]
+
+
+def test_out_must_be_a_file_in_an_existing_folder(tmp_path):
+    """Checked before anything is timed: a folder (or a missing one) is a one-line error, not a traceback
+    after the whole run."""
+    for out in (tmp_path, tmp_path / "missing" / "b.json"):
+        done = subprocess.run([sys.executable, "-m", "sd3.cli", "benchmark", "--only", "peers", "--out", str(out)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert done.returncode == 1 and "must name a JSON file in an existing folder" in done.stderr
+        assert "Traceback" not in done.stderr
