@@ -76,7 +76,10 @@ class TripleTextEncoder:
         return context, y
 
     @torch.no_grad()
-    def encode_weighted(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ComfyUI's encoding (clip/weighted.py), for tokenizers with `rules="comfyui"`: prompts (b) ->
-        context (b, L, 4096) zero-padded to the longest prompt, y (b, 2048), lengths (b,) int64."""
-        return weighted.encode(self, list(prompts))
+    def encode_with_lengths(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`encode`, or with tokenizers under `rules="comfyui"` ComfyUI's weighted encoding (clip/weighted.py):
+        prompts (b) -> context (b, L, 4096), y (b, 2048), and each row's length (b,) int64 where the rows
+        differ (zero-padded to the longest), else None."""
+        if self.clip_l_tokenizer.rules == "comfyui":
+            return weighted.encode(self, list(prompts))
+        return (*self.encode(list(prompts)), None)

@@ -188,9 +188,8 @@ class StableDiffusion3:
         """Prompts (n) and negative prompts (one for all, or one each; None: "") -> `Conditioning`:
         context (n, 77 + T5 length, 4096) and y (n, 2048) for each, in the pipeline's dtype and device.
 
-        All 2n texts go through the encoders in one batch, prompts first (sampling/run.py says why
-        that is fixed). Without T5 its rows are zeros. Under ComfyUI's rules (`Reference.prompt_rules`)
-        each text is encoded alone, weighted, and its context length kept (clip/weighted.py)."""
+        All 2n texts go through the encoders in one batch, prompts first (sampling/run.py says why that is
+        fixed); without T5 its rows are zeros. Under ComfyUI's rules each text keeps its length (clip/weighted.py)."""
         prompts, negative_prompts = prompt_lists(prompts, negative_prompts)
         tokenizers = self.components.tokenizers()
         with self.lifecycle.stage("encode") as models:
@@ -199,12 +198,9 @@ class StableDiffusion3:
                 models.get("t5"), tokenizers["t5"], t5_length=self.reference.t5_length,
                 context_dim=self.mmdit_config.context_dim,
             )
-            if self.reference.prompt_rules == "comfyui":
-                context, y, lengths = encoder.encode_weighted(prompts + negative_prompts)
-            else:
-                (context, y), lengths = encoder.encode(prompts + negative_prompts), None
-        n, rows = len(prompts), [None, None] if lengths is None else [lengths[: len(prompts)], lengths[len(prompts) :]]
-        return Conditioning(context[:n], y[:n], context[n:], y[n:], *rows)
+            context, y, lengths = encoder.encode_with_lengths(prompts + negative_prompts)
+        n = len(prompts)
+        return Conditioning(context[:n], y[:n], context[n:], y[n:], *((None, None) if lengths is None else lengths.split(n)))
 
     def encode_image(self, image: ImageLike, seeds: list[int], *, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image to image's start: the image, resized to height x width, through the VAE encoder.
@@ -359,8 +355,7 @@ class StableDiffusion3:
         conditioning: Conditioning | None = None,
         control: Sequence[control.ControlInput] | None = None,
     ) -> GenerationResult:
-        """Generate `num_images` images for each prompt; image k (counting across prompts) uses seed + k
-        (under ComfyUI's batch noise, `Reference.noise`, row k of the seed's noise stream).
+        """Generate `num_images` images per prompt; image k (across prompts) uses seed + k (`Reference.noise`).
 
         Args:
             negative_prompts: one per prompt (or one for all; None for ""), the unconditional prompt.
@@ -368,10 +363,8 @@ class StableDiffusion3:
             slg: skip-layer guidance: True for the variant's settings, or explicit settings.
             sampler_name: "euler" (Candle, diffusers) or "dpmpp_2m" (Stability).
             sigmas: an explicit schedule, from at most 1 down to 0 (overrides steps and shift).
-            scheduler: the schedule by name instead of the reference's: "candle", "diffusers",
-                "stability" or ComfyUI's ("simple", "normal", "sgm_uniform", "karras", "beta", ...).
-            negative_zero: zero the negative conditioning (context and pooled), as ComfyUI's
-                `ConditioningZeroOut` does; the negative prompt still sets its length.
+            scheduler: the schedule by name instead of the reference's (sampling/schedules.py: ours, ComfyUI's).
+            negative_zero: zero the negative context and pooled vector (ComfyUI's `ConditioningZeroOut`).
             latents: initial noise (n, 16, h/8, w/8) or (1, ...) for every image, instead of seeds.
             tile_size: decode in tiles of this many latent pixels.
             on_step: called with a `Step` after every step (σ, latents, predicted x0, velocity; see
@@ -393,9 +386,8 @@ class StableDiffusion3:
         """
         work = self.check(prompts, negative_prompts, height=height, width=width, steps=steps, cfg=cfg, shift=shift,
                           seed=seed, num_images=num_images, batch_size=batch_size, slg=slg, sampler_name=sampler_name,
-                          sigmas=sigmas, scheduler=scheduler, negative_zero=negative_zero, latents=latents,
-                          tile_size=tile_size, init_image=init_image,
-                          strength=strength, mask=mask, conditioning=conditioning, control=control)
+                          sigmas=sigmas, scheduler=scheduler, negative_zero=negative_zero, latents=latents, tile_size=tile_size,
+                          init_image=init_image, strength=strength, mask=mask, conditioning=conditioning, control=control)
         checks.check_callback(on_step, self.files.taesd)
         # encode, start latents, denoise, decode (sampling/run.py)
         rendered = list(run.render(self, work, on_step=on_step, attention_backend=attention_backend, quiet=quiet))
